@@ -1,0 +1,383 @@
+//! Intent rules: `script/intents.toml` loaded into regular expressions that label one
+//! callee utterance, tolerant of recognition slips through the sound-alike text form.
+
+use crate::labels::Intent;
+use crate::text;
+use regex::Regex;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Characters that carry no meaning at the edges of a short answer.
+const FILLERS: &[char] = &[
+    '嗯', '呃', '啊', '哦', '喂', '哎', '唉', '诶', '额', '噢', '呀', '吧', '呢', '啦',
+];
+
+/// A problem in a rules file, with the place to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("cannot read intent rules {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct RulesFile {
+    report_order: Vec<toml::Spanned<String>>,
+    intent: Vec<RuleEntry>,
+}
+
+#[derive(Deserialize)]
+struct RuleEntry {
+    label: toml::Spanned<String>,
+    #[serde(rename = "match")]
+    patterns: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    unless: Vec<toml::Spanned<String>>,
+}
+
+/// A regular expression tried on the text and on its sound-alike form.
+#[derive(Debug)]
+struct Pattern {
+    exact: Regex,
+    sound_alike: Regex,
+}
+
+impl Pattern {
+    fn compile(source: &str) -> Result<Pattern, regex::Error> {
+        Ok(Pattern {
+            exact: Regex::new(source)?,
+            sound_alike: Regex::new(&text::sound_alike(source))?,
+        })
+    }
+
+    fn is_match(&self, utterance: &Utterance) -> bool {
+        utterance
+            .forms
+            .iter()
+            .any(|(plain, alike)| self.exact.is_match(plain) || self.sound_alike.is_match(alike))
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    label: Intent,
+    /// Each pattern with its optional guard (`A !! B`: A counts only without B).
+    patterns: Vec<(Pattern, Option<Pattern>)>,
+    unless: Vec<Pattern>,
+}
+
+/// The forms of one utterance that patterns are tried on.
+struct Utterance {
+    forms: Vec<(String, String)>,
+}
+
+impl Utterance {
+    fn new(normalized: &str) -> Utterance {
+        let mut forms = vec![(normalized.to_string(), text::sound_alike(normalized))];
+        let core = normalized.trim_matches(FILLERS);
+        if !core.is_empty() && core != normalized {
+            forms.push((core.to_string(), text::sound_alike(core)));
+        }
+        Utterance { forms }
+    }
+}
+
+/// The loaded rule set.
+#[derive(Debug)]
+pub struct IntentRules {
+    rules: Vec<Rule>,
+    report_order: Vec<Intent>,
+}
+
+/// The labels of one utterance, strongest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    pub normalized: String,
+    pub intents: Vec<Intent>,
+}
+
+impl Classification {
+    /// The label reported for the turn.
+    pub fn primary(&self) -> Intent {
+        self.intents.first().copied().unwrap_or(Intent::Unknown)
+    }
+
+    pub fn has(&self, intent: Intent) -> bool {
+        self.intents.contains(&intent)
+    }
+}
+
+impl IntentRules {
+    pub fn load(path: &Path) -> Result<IntentRules, RulesError> {
+        let source = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&source, path)
+    }
+
+    /// Parses rules from `source`; `path` is only used in error messages.
+    pub fn parse(source: &str, path: &Path) -> Result<IntentRules, RulesError> {
+        let file: RulesFile = toml::from_str(source).map_err(|source| RulesError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        let invalid = |span: std::ops::Range<usize>, message: String| RulesError::Invalid {
+            path: path.into(),
+            line: source[..span.start.min(source.len())].matches('\n').count() + 1,
+            message,
+        };
+        let label = |spanned: &toml::Spanned<String>| -> Result<Intent, RulesError> {
+            spanned
+                .get_ref()
+                .parse::<Intent>()
+                .map_err(|e| invalid(spanned.span(), e.to_string()))
+        };
+        let compile =
+            |spanned: &toml::Spanned<String>, source: &str| -> Result<Pattern, RulesError> {
+                Pattern::compile(source.trim()).map_err(|e| {
+                    invalid(
+                        spanned.span(),
+                        format!("bad pattern `{}`: {e}", source.trim()),
+                    )
+                })
+            };
+
+        let mut rules = Vec::new();
+        for entry in &file.intent {
+            let intent = label(&entry.label)?;
+            if intent == Intent::Unknown {
+                return Err(invalid(
+                    entry.label.span(),
+                    "`unknown` is what no rule matches; it takes no rules".into(),
+                ));
+            }
+            if rules.iter().any(|r: &Rule| r.label == intent) {
+                return Err(invalid(
+                    entry.label.span(),
+                    format!("`{intent}` has rules twice; merge them"),
+                ));
+            }
+            if entry.patterns.is_empty() {
+                return Err(invalid(
+                    entry.label.span(),
+                    format!("`{intent}` has no patterns"),
+                ));
+            }
+            let mut patterns = Vec::new();
+            for spanned in &entry.patterns {
+                let (positive, guard) = match spanned.get_ref().split_once("!!") {
+                    Some((positive, guard)) => (positive, Some(compile(spanned, guard)?)),
+                    None => (spanned.get_ref().as_str(), None),
+                };
+                patterns.push((compile(spanned, positive)?, guard));
+            }
+            let unless = entry
+                .unless
+                .iter()
+                .map(|s| compile(s, s.get_ref()))
+                .collect::<Result<_, _>>()?;
+            rules.push(Rule {
+                label: intent,
+                patterns,
+                unless,
+            });
+        }
+        let report_order = file
+            .report_order
+            .iter()
+            .map(label)
+            .collect::<Result<Vec<_>, _>>()?;
+        for rule in &rules {
+            if !rule.label.is_decisive() && !report_order.contains(&rule.label) {
+                return Err(invalid(
+                    file.report_order.first().map(|s| s.span()).unwrap_or(0..0),
+                    format!("`{}` is missing from report_order", rule.label),
+                ));
+            }
+        }
+        Ok(IntentRules {
+            rules,
+            report_order,
+        })
+    }
+
+    /// Labels one utterance. Decisive labels come first, by the outcome precedence of
+    /// `scenario.md`; then the others in `report_order`; `unknown` when nothing matched.
+    pub fn classify(&self, raw: &str) -> Classification {
+        let normalized = text::normalize(raw);
+        let utterance = Utterance::new(&normalized);
+        let mut found: Vec<Intent> = Vec::new();
+        if !normalized.is_empty() {
+            for rule in &self.rules {
+                let fires = rule.patterns.iter().any(|(pattern, guard)| {
+                    pattern.is_match(&utterance)
+                        && !guard.as_ref().is_some_and(|g| g.is_match(&utterance))
+                });
+                if fires && !rule.unless.iter().any(|u| u.is_match(&utterance)) {
+                    found.push(rule.label);
+                }
+            }
+        }
+        let mut intents: Vec<Intent> = Intent::DECISIVE_BY_PRECEDENCE
+            .iter()
+            .copied()
+            .filter(|i| found.contains(i))
+            .collect();
+        let decisive = !intents.is_empty();
+        for &intent in &self.report_order {
+            // A backchannel or a "yes" next to a real answer is just its lead-in.
+            let filler = matches!(
+                intent,
+                Intent::Acknowledge | Intent::ConfirmIdentity | Intent::AskRepeat
+            );
+            if found.contains(&intent) && !(decisive && filler) {
+                intents.push(intent);
+            }
+        }
+        if intents.len() > 1 {
+            // "嗯，是我，什么事" is an identity answer, not a backchannel.
+            intents.retain(|&i| i != Intent::Acknowledge);
+        }
+        if intents.is_empty() {
+            intents.push(Intent::Unknown);
+        }
+        Classification {
+            normalized,
+            intents,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Intent::*;
+
+    fn rules() -> IntentRules {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("script/intents.toml");
+        IntentRules::load(&path).expect("script/intents.toml loads")
+    }
+
+    #[track_caller]
+    fn check(rules: &IntentRules, text: &str, expected: Intent) {
+        let got = rules.classify(text);
+        assert_eq!(got.primary(), expected, "{text:?} gave {:?}", got.intents);
+    }
+
+    #[test]
+    fn scenario_examples_get_their_labels() {
+        let r = rules();
+        let table: &[(&str, Intent)] = &[
+            ("是我", ConfirmIdentity),
+            ("对", ConfirmIdentity),
+            ("你说", ConfirmIdentity),
+            ("什么事", ConfirmIdentity),
+            ("不是", WrongPerson),
+            ("打错了", WrongPerson),
+            ("他不在", WrongPerson),
+            ("有事直说，我赶时间", Busy),
+            ("快点说重点", Busy),
+            ("没空", Busy),
+            ("我这挺吵的，你快点", Busy),
+            ("会续的", WillRenew),
+            ("续吧", WillRenew),
+            ("要续费", WillRenew),
+            ("续费有就自己弄，不用联系我", SelfService),
+            ("我自己后台处理", SelfService),
+            ("不续了", Decline),
+            ("不用了，什么都不需要", Decline),
+            ("没兴趣，随便吧", Decline),
+            ("不是说过别打了吗", DoNotCall),
+            ("以后别联系了", DoNotCall),
+            ("电话别再来了", DoNotCall),
+            ("只要有通知短信就行", WrittenOnly),
+            ("发邮件给我", WrittenOnly),
+            ("发短信吧", WrittenOnly),
+            ("以后还会打这种电话吗", AskCallAgain),
+            ("你们公司为什么每年都要打推销", AskWhyCall),
+            ("怎么能马上关闭账户、处理数据", AskCloseAccount),
+            ("你们要把我的信息怎么处理", AskDataHandling),
+            ("你们别再给我发消息了可以吗", StopMessages),
+            ("你们公司这样很烦，挂了", HostileHangup),
+            ("我要挂了", HostileHangup),
+            ("别浪费我时间", HostileHangup),
+            ("嗯", Acknowledge),
+            ("好", Acknowledge),
+            ("知道了", Acknowledge),
+            ("行", Acknowledge),
+            ("什么？", AskRepeat),
+            ("你说啥", AskRepeat),
+            ("没听清", AskRepeat),
+            ("今天天气不错", Unknown),
+        ];
+        for &(text, intent) in table {
+            check(&r, text, intent);
+        }
+    }
+
+    #[test]
+    fn precedence_follows_the_scenario() {
+        let r = rules();
+        check(&r, "不续了，以后别打了", DoNotCall);
+        check(&r, "发短信就行，别打电话", WrittenOnly);
+        let both = r.classify("只要短信就行，电话别再来了");
+        assert!(both.has(WrittenOnly) && both.has(DoNotCall), "{both:?}");
+    }
+
+    #[test]
+    fn recognition_slips_and_traditional_characters_still_match() {
+        let r = rules();
+        check(&r, "有事直說，我改時間", Busy);
+        check(&r, "不是說過別打了嗎？針凡", DoNotCall);
+        check(&r, "我要瓜了", HostileHangup);
+        check(&r, "不需了", Decline);
+    }
+
+    #[test]
+    fn negations_do_not_flip_meaning() {
+        let r = rules();
+        check(&r, "不会续的", Decline);
+        check(&r, "不打算续费了", Decline);
+        check(&r, "别再给我发短信了", StopMessages);
+        check(&r, "不是跟你们说了吗，不要再打了", DoNotCall);
+    }
+
+    #[test]
+    fn bad_rule_files_name_the_line() {
+        let err = IntentRules::parse(
+            "report_order = []\n[[intent]]\nlabel = \"maybe_later\"\nmatch = [\"x\"]\n",
+            Path::new("rules.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("rules.toml:3:") && err.contains("maybe_later"),
+            "{err}"
+        );
+
+        let err = IntentRules::parse(
+            "report_order = [\"busy\"]\n[[intent]]\nlabel = \"busy\"\nmatch = [\n  \"(unclosed\",\n]\n",
+            Path::new("rules.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("rules.toml:5:") && err.contains("bad pattern"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! renewal-bot: an outbound service-expiry phone bot. See ARCHITECTURE.md for the flow.
+
+pub mod audio;
+pub mod dialog;
+pub mod intent;
+pub mod labels;
+pub mod session;
+pub mod text;
