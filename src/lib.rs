@@ -6,3 +6,4 @@ pub mod intent;
 pub mod labels;
 pub mod session;
 pub mod text;
+pub mod vad;
