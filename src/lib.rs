@@ -1,5 +1,6 @@
 //! renewal-bot: an outbound service-expiry phone bot. See ARCHITECTURE.md for the flow.
 
+pub mod asr;
 pub mod audio;
 pub mod dialog;
 pub mod intent;

@@ -1,0 +1,292 @@
+//! Speech recognition: whisper.cpp (through whisper-rs) with the parameters measured for
+//! telephone Mandarin, behind a bounded worker pool so concurrent calls queue instead of
+//! fighting over the CPU cores.
+
+use crate::session::Transcript;
+use crate::text;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+
+/// Without this prompt whisper often writes traditional characters.
+pub const DEFAULT_PROMPT: &str = "以下是普通话的句子。";
+
+/// Texts whisper is known to invent on noise or silence (subtitle credits and the like).
+const HALLUCINATIONS: &[&str] = &[
+    "字幕", "订阅", "点赞", "转发", "打赏", "明镜", "栏目", "感谢观看", "谢谢观看", "谢谢收看", "请不吝",
+    "amaraorg", "以下是普通话",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AsrError {
+    #[error("whisper model not found at {path}; run `models/fetch` (or pass --model PATH)")]
+    ModelMissing { path: PathBuf },
+    #[error("cannot load the whisper model {path}: {reason}; re-run `models/fetch` to restore it")]
+    ModelLoad { path: PathBuf, reason: String },
+    #[error("recognition failed: {0}")]
+    Inference(String),
+    #[error("the recognizer is overloaded ({0} utterances queued); try fewer simultaneous calls")]
+    Overloaded(usize),
+    #[error("the recognizer has shut down")]
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct AsrConfig {
+    pub model: PathBuf,
+    /// Recognition workers; each decodes one utterance at a time.
+    pub workers: usize,
+    /// CPU threads per worker.
+    pub threads_per_worker: usize,
+    /// Utterances allowed to wait for a worker before new ones are refused.
+    pub queue_limit: usize,
+    pub prompt: String,
+    /// Segments whisper itself rates as this likely to be no speech are dropped.
+    pub no_speech_threshold: f32,
+}
+
+impl AsrConfig {
+    pub fn default_model_path() -> PathBuf {
+        PathBuf::from("models/ggml-base.bin")
+    }
+
+    /// One worker using every core: two whisper runs at once on two cores are far slower
+    /// than two in a row.
+    pub fn for_model(model: PathBuf) -> AsrConfig {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        AsrConfig {
+            model,
+            workers: 1,
+            threads_per_worker: cores.min(8),
+            queue_limit: 64,
+            prompt: DEFAULT_PROMPT.to_string(),
+            no_speech_threshold: 0.8,
+        }
+    }
+}
+
+/// Turns one utterance into text.
+pub trait Recognizer: Send + Sync {
+    fn transcribe(&self, audio_16k: &[f32]) -> Result<Transcript, AsrError>;
+}
+
+/// One whisper decoder with its own state; not shared between threads.
+pub struct WhisperEngine {
+    state: WhisperState,
+    config: AsrConfig,
+}
+
+/// The loaded model, shared by every worker.
+pub struct WhisperModel {
+    context: WhisperContext,
+}
+
+impl WhisperModel {
+    pub fn load(path: &Path) -> Result<Arc<WhisperModel>, AsrError> {
+        if !path.is_file() {
+            return Err(AsrError::ModelMissing { path: path.into() });
+        }
+        static HOOKS: std::sync::Once = std::sync::Once::new();
+        HOOKS.call_once(whisper_rs::install_logging_hooks);
+        let context = WhisperContext::new_with_params(path, WhisperContextParameters::default())
+            .map_err(|e| AsrError::ModelLoad { path: path.into(), reason: e.to_string() })?;
+        Ok(Arc::new(WhisperModel { context }))
+    }
+
+    pub fn engine(&self, config: AsrConfig) -> Result<WhisperEngine, AsrError> {
+        let state = self
+            .context
+            .create_state()
+            .map_err(|e| AsrError::ModelLoad { path: config.model.clone(), reason: e.to_string() })?;
+        Ok(WhisperEngine { state, config })
+    }
+}
+
+impl WhisperEngine {
+    pub fn transcribe(&mut self, audio_16k: &[f32]) -> Result<Transcript, AsrError> {
+        if audio_16k.is_empty() {
+            return Ok(Transcript::default());
+        }
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_language(Some("zh"));
+        params.set_n_threads(self.config.threads_per_worker as i32);
+        params.set_translate(false);
+        params.set_no_context(true);
+        params.set_single_segment(true);
+        params.set_no_timestamps(true);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        params.set_suppress_blank(true);
+        params.set_suppress_nst(true);
+        params.set_temperature(0.0);
+        params.set_temperature_inc(0.0);
+        params.set_initial_prompt(&self.config.prompt);
+        // The encoder only needs to look at as much audio as there is (50 frames a second)
+        // plus a margin; below 128 whisper starts looping.
+        let audio_ctx = (audio_16k.len() / 320 + 128).min(1_500);
+        params.set_audio_ctx(audio_ctx as i32);
+        // Whisper needs at least a second of input to work well; pad short answers.
+        let mut padded;
+        let input = if audio_16k.len() < 16_000 {
+            padded = audio_16k.to_vec();
+            padded.resize(16_000, 0.0);
+            &padded[..]
+        } else {
+            audio_16k
+        };
+        self.state.full(params, input).map_err(|e| AsrError::Inference(e.to_string()))?;
+
+        let mut raw = String::new();
+        let mut no_speech_prob: f32 = 0.0;
+        for segment in self.state.as_iter() {
+            no_speech_prob = no_speech_prob.max(segment.no_speech_probability());
+            if let Ok(piece) = segment.to_str_lossy() {
+                raw.push_str(&piece);
+            }
+        }
+        let mut text = clean_transcript(&raw, &self.config.prompt);
+        if no_speech_prob >= self.config.no_speech_threshold {
+            text.clear();
+        }
+        Ok(Transcript { text, no_speech_prob })
+    }
+}
+
+/// Simplified characters, punctuation kept; prompt echoes, known hallucinations and runaway
+/// repetition removed.
+pub fn clean_transcript(raw: &str, prompt: &str) -> String {
+    let simplified = zhconv::zhconv(raw.trim(), zhconv::Variant::ZhHans);
+    let normalized = text::normalize(&simplified);
+    let prompt_core = text::normalize(prompt);
+    if normalized.is_empty()
+        // A short real answer like 是 also occurs in the prompt; only longer text is an echo.
+        || (normalized.chars().count() >= 3 && prompt_core.contains(&normalized))
+        || HALLUCINATIONS.iter().any(|h| normalized.contains(h))
+    {
+        return String::new();
+    }
+    collapse_repeats(&simplified)
+}
+
+/// "好的好的好的好的好的…" from a looping decoder becomes at most three repeats.
+fn collapse_repeats(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    for unit in 1..=4 {
+        let mut out: Vec<char> = Vec::with_capacity(chars.len());
+        let mut i = 0;
+        while i < chars.len() {
+            out.push(chars[i]);
+            i += 1;
+            let len = out.len();
+            if len >= unit * 4 {
+                let tail = &out[len - unit..];
+                let repeated = (2..=4).all(|k| out[len - unit * k..len - unit * (k - 1)] == *tail);
+                if repeated {
+                    out.truncate(len - unit);
+                }
+            }
+        }
+        if out.len() < chars.len() {
+            return collapse_repeats(&out.into_iter().collect::<String>());
+        }
+    }
+    text.to_string()
+}
+
+struct Job {
+    audio: Vec<f32>,
+    reply: tokio::sync::oneshot::Sender<Result<(Transcript, u64), AsrError>>,
+}
+
+/// A bounded pool of whisper workers shared by every call of the process.
+#[derive(Clone)]
+pub struct RecognizerPool {
+    sender: SyncSender<Job>,
+    queue_limit: usize,
+}
+
+impl RecognizerPool {
+    /// Loads the model and starts the workers.
+    pub fn start(config: AsrConfig) -> Result<RecognizerPool, AsrError> {
+        let model = WhisperModel::load(&config.model)?;
+        let (sender, receiver) = mpsc::sync_channel::<Job>(config.queue_limit);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..config.workers.max(1) {
+            let mut engine = model.engine(config.clone())?;
+            let receiver = Arc::clone(&receiver);
+            std::thread::Builder::new()
+                .name(format!("whisper-{index}"))
+                .spawn(move || {
+                    loop {
+                        // Hold the lock only to take a job, never while decoding.
+                        let job = match receiver.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let started = Instant::now();
+                        let result = engine.transcribe(&job.audio).map(|t| (t, started.elapsed().as_millis() as u64));
+                        let _ = job.reply.send(result);
+                    }
+                })
+                .map_err(|e| AsrError::Inference(format!("cannot start a recognition thread: {e}")))?;
+        }
+        Ok(RecognizerPool { sender, queue_limit: config.queue_limit })
+    }
+
+    fn submit(&self, audio: Vec<f32>) -> Result<tokio::sync::oneshot::Receiver<Result<(Transcript, u64), AsrError>>, AsrError> {
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        match self.sender.try_send(Job { audio, reply }) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => Err(AsrError::Overloaded(self.queue_limit)),
+            Err(TrySendError::Disconnected(_)) => Err(AsrError::Closed),
+        }
+    }
+
+    /// Transcribes one utterance; also returns the decoding time in ms.
+    pub async fn recognize(&self, audio_16k: Vec<f32>) -> Result<(Transcript, u64), AsrError> {
+        self.submit(audio_16k)?.await.map_err(|_| AsrError::Closed)?
+    }
+
+    /// The same, for code that is not async (the evaluator, tools).
+    pub fn recognize_blocking(&self, audio_16k: Vec<f32>) -> Result<(Transcript, u64), AsrError> {
+        self.submit(audio_16k)?.blocking_recv().map_err(|_| AsrError::Closed)?
+    }
+}
+
+impl Recognizer for RecognizerPool {
+    fn transcribe(&self, audio_16k: &[f32]) -> Result<Transcript, AsrError> {
+        self.recognize_blocking(audio_16k.to_vec()).map(|(t, _)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_echoes_and_hallucinations_become_empty() {
+        assert_eq!(clean_transcript("以下是普通话的句子。", DEFAULT_PROMPT), "");
+        assert_eq!(clean_transcript("以下是普通话", DEFAULT_PROMPT), "");
+        assert_eq!(clean_transcript("请不吝点赞 订阅 转发 打赏支持明镜与点点栏目", DEFAULT_PROMPT), "");
+        assert_eq!(clean_transcript("  是我，什麼事？", DEFAULT_PROMPT), "是我，什么事？");
+        assert_eq!(clean_transcript("是", DEFAULT_PROMPT), "是");
+    }
+
+    #[test]
+    fn runaway_repetition_is_collapsed() {
+        assert_eq!(collapse_repeats("好的好的好的好的好的好的"), "好的好的好的");
+        assert_eq!(collapse_repeats("嗯嗯嗯嗯嗯嗯嗯"), "嗯嗯嗯");
+        assert_eq!(collapse_repeats("不续了"), "不续了");
+    }
+
+    #[test]
+    fn a_missing_model_says_what_to_run() {
+        let err = WhisperModel::load(Path::new("/nonexistent/ggml-base.bin")).err().unwrap().to_string();
+        assert!(err.contains("models/fetch"), "{err}");
+    }
+}
