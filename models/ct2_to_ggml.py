@@ -98,7 +98,7 @@ def read_ct2(path: Path) -> tuple[str, dict[str, np.ndarray]]:
         (type_id,) = take("<B")
         (num_bytes,) = take("<I")
         dtype = CT2_DTYPES.get(type_id)
-        if dtype is None or dtype not in NP_DTYPES:
+        if dtype is None or dtype not in NP_DTYPES or (rank and not dtype.startswith("float")):
             raise ConversionError(
                 f"{path}: variable {name} has data type {dtype or type_id}; only float16/float32 "
                 "(and integer scalars) are supported — use an unquantized (float16) checkpoint"
