@@ -250,7 +250,7 @@ def _scalar(variables: dict[str, np.ndarray], name: str) -> int:
     return int(variables[name].reshape(-1)[0])
 
 
-def whisper_tensors(variables: dict[str, np.ndarray], n_audio_head: int, n_text_head: int):
+def whisper_tensors(variables: dict[str, np.ndarray]):
     """Yields (ggml name, array) in the order of OpenAI's state dict."""
 
     def get(name: str) -> np.ndarray:
@@ -384,7 +384,7 @@ def convert(ct2_dir: Path, out_path: Path, log=print) -> dict[str, int]:
             for token in vocab:
                 out.write(struct.pack("<i", len(token)))
                 out.write(token)
-            for name, array in whisper_tensors(variables, hparams["n_audio_head"], hparams["n_text_head"]):
+            for name, array in whisper_tensors(variables):
                 if name in ("encoder.conv1.bias", "encoder.conv2.bias"):
                     array = array.reshape(array.shape[0], 1)
                 if array.ndim < 2 or name in F32_NAMES:
