@@ -3,6 +3,7 @@
 pub mod asr;
 pub mod audio;
 pub mod dialog;
+pub mod eval;
 pub mod intent;
 pub mod labels;
 pub mod session;

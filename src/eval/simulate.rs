@@ -1,0 +1,361 @@
+//! Plays one recorded case through a real `Session` on a virtual clock: the callee's turns
+//! go in as 20 ms telephone frames about 400 ms after 李明 stops talking, 李明's clips
+//! "play" for their real length, and recognition runs for real, its wall time added to the
+//! call time so reply latency is what a caller would hear.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::asr::{AsrError, RecognizerPool};
+use crate::audio::clips::ClipLibrary;
+use crate::audio::{FRAME_MS, FRAME_SAMPLES, mulaw};
+use crate::dialog::Script;
+use crate::labels::{Intent, Outcome};
+use crate::session::{Action, Millis, PlayId, Session, SessionConfig, Transcript, TurnRecord};
+
+use super::manifest::{CallEnd, Case};
+
+/// The simulator gives up on a call that has not ended by then (`scenario.md`).
+pub const CALL_LIMIT_MS: Millis = 150_000;
+/// The callee answers this long after 李明's line has finished.
+pub const ANSWER_GAP_MS: Millis = 400;
+/// In reference-text mode, how long an utterance is taken to last per character, and how
+/// long after it the text is handed over (standing in for endpointing).
+const TEXT_MS_PER_CHAR: Millis = 220;
+const TEXT_ENDPOINT_MS: Millis = 500;
+
+/// Turns an utterance into text and says how long that took (wall time, ms).
+pub trait Transcribe {
+    fn transcribe(&self, audio_16k: Vec<f32>) -> Result<(Transcript, u64), AsrError>;
+}
+
+impl Transcribe for RecognizerPool {
+    fn transcribe(&self, audio_16k: Vec<f32>) -> Result<(Transcript, u64), AsrError> {
+        self.recognize_blocking(audio_16k)
+    }
+}
+
+/// A turn's callee input, ready to feed.
+#[derive(Debug, Clone)]
+pub enum TurnInput {
+    /// 8 kHz samples after the μ-law telephone round trip.
+    Audio(Vec<i16>),
+    Text(String),
+}
+
+/// What happened to one manifest turn.
+#[derive(Debug, Clone, Default)]
+pub struct TurnOutcome {
+    pub reached: bool,
+    pub transcript: Option<String>,
+    pub intent: Option<Intent>,
+    pub reply_latency_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseOutcome {
+    pub outcome: Option<Outcome>,
+    pub do_not_call: bool,
+    pub turns: Vec<TurnOutcome>,
+    /// Lines 李明 said, in order (for reading a failed case).
+    pub bot_lines: Vec<String>,
+    pub call_ms: Millis,
+}
+
+/// Converts audio at any rate to what the phone line carries: 8 kHz, through μ-law.
+pub fn telephone_line(audio_8k: &[i16]) -> Vec<i16> {
+    audio_8k.iter().map(|&s| mulaw::decode(mulaw::encode(s))).collect()
+}
+
+struct Playing {
+    play_id: PlayId,
+    remaining_ms: Millis,
+    started_at: Option<Millis>,
+}
+
+struct Feeding {
+    turn: usize,
+    samples: Vec<i16>,
+    position: usize,
+}
+
+struct TextTurn {
+    turn: usize,
+    start: Millis,
+    end: Millis,
+    text: String,
+}
+
+type Record = (TurnRecord, Option<PlayId>, Option<usize>);
+
+/// The simulated line: the session, 李明's playback and the recognizer's pending answers.
+struct Line<'a> {
+    session: Session,
+    now: Millis,
+    clips: &'a ClipLibrary,
+    transcriber: Option<&'a dyn Transcribe>,
+    queue: VecDeque<Playing>,
+    started: HashMap<PlayId, Millis>,
+    /// (delivered at call time, utterance, transcript)
+    transcripts: Vec<(Millis, u64, Transcript)>,
+    /// Each turn record with the first play of its reply and, for text turns, its index.
+    records: Vec<Record>,
+    plays_since_turn: Vec<PlayId>,
+    text_turn_of_next_record: Option<usize>,
+    bot_lines: Vec<String>,
+    do_not_call: bool,
+    hung_up: bool,
+}
+
+impl Line<'_> {
+    fn drain(&mut self) -> Result<(), AsrError> {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Play { play_id, line } => {
+                    let remaining_ms = self.clips.get(&line).map_or(0, |c| c.duration_ms);
+                    self.queue.push_back(Playing { play_id, remaining_ms, started_at: None });
+                    self.plays_since_turn.push(play_id);
+                    self.bot_lines.push(line);
+                }
+                Action::StopPlayback => self.queue.clear(),
+                Action::Recognize { utterance, audio_16k, .. } => {
+                    let transcriber = self.transcriber.ok_or_else(|| {
+                        AsrError::Inference("audio needs the recognizer, which is not loaded".into())
+                    })?;
+                    let (transcript, decode_ms) = transcriber.transcribe(audio_16k)?;
+                    self.transcripts.push((self.now + decode_ms.max(1), utterance, transcript));
+                }
+                Action::Turn(record) => {
+                    // The session queues a turn's reply just before the turn itself.
+                    let first_reply = match record.reply.len() {
+                        0 => None,
+                        n => self.plays_since_turn.iter().rev().nth(n - 1).copied(),
+                    };
+                    self.plays_since_turn.clear();
+                    let text_turn = self.text_turn_of_next_record.take();
+                    self.records.push((record, first_reply, text_turn));
+                }
+                Action::DoNotCall { .. } => self.do_not_call = true,
+                Action::HangUp => self.hung_up = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands over transcripts whose decoding has finished by now.
+    fn deliver_transcripts(&mut self) -> Result<bool, AsrError> {
+        self.transcripts.sort_by_key(|t| t.0);
+        let mut delivered = false;
+        while self.transcripts.first().is_some_and(|t| t.0 <= self.now) {
+            let (_, utterance, transcript) = self.transcripts.remove(0);
+            self.session.on_transcript(self.now, utterance, transcript);
+            self.drain()?;
+            delivered = true;
+        }
+        Ok(delivered)
+    }
+
+    fn text(&mut self, turn: TextTurn) -> Result<(), AsrError> {
+        self.text_turn_of_next_record = Some(turn.turn);
+        self.session.on_text(self.now, turn.start, turn.end, &turn.text);
+        self.text_turn_of_next_record = None;
+        self.drain()
+    }
+
+    fn audio(&mut self, frame: &[i16]) -> Result<(), AsrError> {
+        self.session.on_audio(self.now, frame);
+        self.drain()
+    }
+
+    fn hang_up(&mut self) -> Result<(), AsrError> {
+        self.session.on_hangup(self.now);
+        self.drain()
+    }
+
+    /// 李明's clip plays on for one frame.
+    fn play_frame(&mut self) -> Result<(), AsrError> {
+        let Some(front) = self.queue.front_mut() else { return Ok(()) };
+        let frame_start = self.now - FRAME_MS;
+        if front.started_at.is_none() {
+            front.started_at = Some(frame_start);
+            self.started.insert(front.play_id, frame_start);
+        }
+        front.remaining_ms = front.remaining_ms.saturating_sub(FRAME_MS);
+        if front.remaining_ms == 0 {
+            let done = front.play_id;
+            self.queue.pop_front();
+            self.session.on_playback_finished(self.now, done);
+            self.drain()?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `case` with `inputs` (one per turn). `transcriber` is required for audio turns.
+pub fn run_case(
+    case: &Case,
+    inputs: &[TurnInput],
+    script: &Arc<Script>,
+    clips: &ClipLibrary,
+    transcriber: Option<&dyn Transcribe>,
+    config: &SessionConfig,
+) -> Result<CaseOutcome, AsrError> {
+    let mut line = Line {
+        session: Session::new(&case.name, Arc::clone(script), config.clone()),
+        now: 0,
+        clips,
+        transcriber,
+        queue: VecDeque::new(),
+        started: HashMap::new(),
+        transcripts: Vec::new(),
+        records: Vec::new(),
+        plays_since_turn: Vec::new(),
+        text_turn_of_next_record: None,
+        bot_lines: Vec::new(),
+        do_not_call: false,
+        hung_up: false,
+    };
+    line.session.start(0);
+    line.drain()?;
+
+    let mut windows: Vec<Option<(Millis, Millis)>> = vec![None; inputs.len()];
+    let mut next_turn = 0;
+    let mut feeding: Option<Feeding> = None;
+    let mut text_turn: Option<TextTurn> = None;
+    let mut quiet_since: Millis = 0;
+    let mut last_input_end: Option<Millis> = None;
+    let hangs_up_after = |turn: usize| case.end == CallEnd::Hangup && turn + 1 == inputs.len();
+
+    'call: while !line.session.is_ended() && !line.hung_up && line.now < CALL_LIMIT_MS {
+        if line.deliver_transcripts()? {
+            quiet_since = line.now;
+        }
+        if let Some(turn) = text_turn.take_if(|t| line.now >= t.end + TEXT_ENDPOINT_MS) {
+            let last = hangs_up_after(turn.turn);
+            line.text(turn)?;
+            quiet_since = line.now;
+            if last {
+                line.hang_up()?;
+                break 'call;
+            }
+        }
+        if line.session.is_ended() || line.hung_up {
+            break;
+        }
+
+        // The callee's next turn starts once 李明 has been quiet for a moment.
+        let busy = !line.queue.is_empty() || !line.transcripts.is_empty() || feeding.is_some() || text_turn.is_some();
+        if busy {
+            quiet_since = line.now;
+        }
+        let endpointed = last_input_end.is_none_or(|end| line.now >= end + 900);
+        if !busy && endpointed && next_turn < inputs.len() && line.now >= quiet_since + ANSWER_GAP_MS {
+            let now = line.now;
+            match &inputs[next_turn] {
+                TurnInput::Audio(samples) => {
+                    feeding = Some(Feeding { turn: next_turn, samples: samples.clone(), position: 0 });
+                    windows[next_turn] = Some((now, now + samples.len() as u64 / 8));
+                }
+                TurnInput::Text(text) => {
+                    let length = (text.chars().count() as Millis * TEXT_MS_PER_CHAR).max(400);
+                    text_turn = Some(TextTurn { turn: next_turn, start: now, end: now + length, text: text.clone() });
+                    windows[next_turn] = Some((now, now + length));
+                    last_input_end = Some(now + length);
+                }
+            }
+            next_turn += 1;
+        }
+
+        // One 20 ms frame of callee audio (or of the line's silence).
+        let mut frame = vec![0i16; FRAME_SAMPLES];
+        let mut finished_turn = None;
+        if let Some(f) = feeding.as_mut() {
+            let end = (f.position + FRAME_SAMPLES).min(f.samples.len());
+            frame[..end - f.position].copy_from_slice(&f.samples[f.position..end]);
+            f.position = end;
+            if f.position >= f.samples.len() {
+                finished_turn = Some(f.turn);
+            }
+        }
+        line.now += FRAME_MS;
+        line.audio(&frame)?;
+        if let Some(turn) = finished_turn {
+            feeding = None;
+            last_input_end = Some(line.now);
+            if hangs_up_after(turn) {
+                line.hang_up()?;
+                break 'call;
+            }
+        }
+        line.play_frame()?;
+    }
+
+    // After a hang-up: transcripts still being decoded can decide the outcome.
+    while !line.session.is_ended() && line.now < CALL_LIMIT_MS + 10_000 {
+        line.now += FRAME_MS;
+        line.deliver_transcripts()?;
+        line.session.on_tick(line.now);
+        line.drain()?;
+    }
+
+    let turns = attribute(&line.records, &windows, &line.started);
+    let summary = line.session.summary();
+    Ok(CaseOutcome {
+        outcome: summary.as_ref().map(|s| s.outcome),
+        do_not_call: summary.as_ref().map_or(line.do_not_call, |s| s.do_not_call),
+        turns,
+        bot_lines: line.bot_lines,
+        call_ms: line.now,
+    })
+}
+
+/// Gives each manifest turn the session's records of the callee speaking during it.
+fn attribute(
+    records: &[Record],
+    windows: &[Option<(Millis, Millis)>],
+    started: &HashMap<PlayId, Millis>,
+) -> Vec<TurnOutcome> {
+    let mut per_turn: Vec<Vec<&Record>> = vec![Vec::new(); windows.len()];
+    for entry in records {
+        let (record, _, text_turn) = entry;
+        let turn = text_turn.or_else(|| {
+            windows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| {
+                    let (start, end) = (*w)?;
+                    let overlap = record.speech_end.min(end + 200) as i64 - record.speech_start.max(start) as i64;
+                    (overlap > 0).then_some((i, overlap))
+                })
+                .max_by_key(|&(_, overlap)| overlap)
+                .map(|(i, _)| i)
+        });
+        if let Some(turn) = turn {
+            per_turn[turn].push(entry);
+        }
+    }
+    windows
+        .iter()
+        .zip(per_turn)
+        .map(|(window, entries)| {
+            if entries.is_empty() {
+                return TurnOutcome { reached: window.is_some(), ..TurnOutcome::default() };
+            }
+            let chosen = entries
+                .iter()
+                .find(|(r, _, _)| r.intents.first().is_some_and(|i| i.is_decisive()))
+                .or_else(|| entries.iter().find(|(r, _, _)| !r.reply.is_empty()))
+                .unwrap_or(&entries[0]);
+            let (record, first_reply, _) = chosen;
+            let transcript: String = entries.iter().map(|(r, _, _)| r.transcript.as_str()).collect();
+            TurnOutcome {
+                reached: true,
+                transcript: Some(transcript),
+                intent: record.intents.first().copied(),
+                reply_latency_ms: first_reply
+                    .and_then(|id| started.get(&id))
+                    .map(|&at| at.saturating_sub(record.speech_end)),
+            }
+        })
+        .collect()
+}
