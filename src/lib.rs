@@ -6,6 +6,8 @@ pub mod dialog;
 pub mod eval;
 pub mod intent;
 pub mod labels;
+pub mod records;
 pub mod session;
+pub mod store;
 pub mod text;
 pub mod vad;
