@@ -12,7 +12,9 @@
 //! kept in `PRAGMA user_version` and listed in the `schema_migrations` table.
 //!
 //! Phone numbers are stored normalized (see [`normalize_number`]), so
-//! `"+86 138-0000-0000"` and `"+8613800000000"` are the same do-not-call entry.
+//! `"+86 138-0000-0000"` and `"+8613800000000"` are the same do-not-call entry; the
+//! do-not-call lookups also treat a Chinese national spelling (`138 0000 0000`) as the
+//! same number as its +86 form (see [`same_number_forms`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -525,17 +527,8 @@ impl Store {
                 )
                 .map_err(|e| self.err(e))?;
             if let Some(number) = to_number {
-                tx.execute(
-                    "INSERT OR IGNORE INTO do_not_call (number, reason, source_call_id, added_at)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![
-                        number,
-                        format!("call outcome: {}", outcome.as_str()),
-                        call_id,
-                        now
-                    ],
-                )
-                .map_err(|e| self.err(e))?;
+                let reason = format!("call outcome: {}", outcome.as_str());
+                insert_dnc(&tx, &number, &reason, Some(call_id)).map_err(|e| self.err(e))?;
             }
         }
         tx.commit().map_err(|e| self.err(e))?;
@@ -543,7 +536,8 @@ impl Store {
     }
 
     /// Put a number on the do-not-call list for good. Returns `true` if it was not there
-    /// yet; an existing entry (its reason and time) is never overwritten.
+    /// yet (in any spelling, see [`same_number_forms`]); an existing entry (its reason
+    /// and time) is never overwritten.
     pub fn add_dnc(
         &self,
         number: &str,
@@ -552,49 +546,41 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let number = normalize_number(number)?;
         let conn = self.lock();
-        let changed = conn
-            .execute(
-                "INSERT OR IGNORE INTO do_not_call (number, reason, source_call_id, added_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![number, reason, source_call_id, now_text()],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(changed > 0)
+        let added = insert_dnc(&conn, &number, reason, source_call_id).map_err(|e| self.err(e))?;
+        if added {
+            tracing::info!(db = %self.path, %number, ?source_call_id, "added to the do-not-call list");
+        }
+        Ok(added)
     }
 
-    /// Whether the number is on the do-not-call list (in any spelling).
+    /// Whether the number is on the do-not-call list, in any spelling: `+86 138-0000-0000`,
+    /// `+8613800000000`, `008613800000000` and `138 0000 0000` are all the same number.
     pub fn is_dnc(&self, number: &str) -> Result<bool, StoreError> {
-        let number = normalize_number(number)?;
-        let conn = self.lock();
-        conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM do_not_call WHERE number = ?1)",
-            [number],
-            |row| row.get(0),
-        )
-        .map_err(|e| self.err(e))
+        Ok(self.get_dnc(number)?.is_some())
     }
 
-    /// The entry for a number, if it is on the list.
+    /// The entry for a number (in any spelling), if it is on the list.
     pub fn get_dnc(&self, number: &str) -> Result<Option<DncEntry>, StoreError> {
         let number = normalize_number(number)?;
         let conn = self.lock();
-        conn.query_row(
-            "SELECT number, reason, source_call_id, added_at FROM do_not_call WHERE number = ?1",
-            [number],
-            dnc_from_row,
-        )
-        .optional()
-        .map_err(|e| self.err(e))
+        find_dnc(&conn, &number).map_err(|e| self.err(e))
     }
 
-    /// Take a number off the list (an operator's decision). Returns whether it was there.
+    /// Take a number (every spelling of it) off the list, an operator's decision.
+    /// Returns whether it was there.
     pub fn remove_dnc(&self, number: &str) -> Result<bool, StoreError> {
         let number = normalize_number(number)?;
         let conn = self.lock();
-        let changed = conn
-            .execute("DELETE FROM do_not_call WHERE number = ?1", [number])
-            .map_err(|e| self.err(e))?;
-        Ok(changed > 0)
+        let mut removed = 0;
+        for form in same_number_forms(&number) {
+            removed += conn
+                .execute("DELETE FROM do_not_call WHERE number = ?1", [form])
+                .map_err(|e| self.err(e))?;
+        }
+        if removed > 0 {
+            tracing::info!(db = %self.path, %number, "removed from the do-not-call list");
+        }
+        Ok(removed > 0)
     }
 
     /// The whole do-not-call list, oldest first.
@@ -739,6 +725,63 @@ fn dnc_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DncEntry> {
     })
 }
 
+/// The spellings under which a normalized number may sit on the do-not-call list. The
+/// callee is in China (+86), so a national spelling and the international one are the
+/// same number: mobile `13800000000` ↔ `+8613800000000`, landline `01012345678` ↔
+/// `+861012345678`. Other numbers only match themselves.
+pub fn same_number_forms(normalized: &str) -> Vec<String> {
+    let mut forms = vec![normalized.to_string()];
+    let is_mobile = |n: &str| n.len() == 11 && n.starts_with('1');
+    if let Some(national) = normalized.strip_prefix("+86") {
+        if is_mobile(national) {
+            forms.push(national.to_string());
+        } else if !national.is_empty() {
+            forms.push(format!("0{national}"));
+        }
+    } else if !normalized.starts_with('+') {
+        if is_mobile(normalized) {
+            forms.push(format!("+86{normalized}"));
+        } else if let Some(rest) = normalized.strip_prefix('0').filter(|r| !r.is_empty()) {
+            forms.push(format!("+86{rest}"));
+        }
+    }
+    forms
+}
+
+fn find_dnc(conn: &Connection, normalized: &str) -> rusqlite::Result<Option<DncEntry>> {
+    for form in same_number_forms(normalized) {
+        let entry = conn
+            .query_row(
+                "SELECT number, reason, source_call_id, added_at FROM do_not_call WHERE number = ?1",
+                [form],
+                dnc_from_row,
+            )
+            .optional()?;
+        if entry.is_some() {
+            return Ok(entry);
+        }
+    }
+    Ok(None)
+}
+
+/// Insert unless the number is already listed in some spelling; whether it was inserted.
+fn insert_dnc(
+    conn: &Connection,
+    normalized: &str,
+    reason: &str,
+    source_call_id: Option<&str>,
+) -> rusqlite::Result<bool> {
+    if find_dnc(conn, normalized)?.is_some() {
+        return Ok(false);
+    }
+    let changed = conn.execute(
+        "INSERT OR IGNORE INTO do_not_call (number, reason, source_call_id, added_at)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![normalized, reason, source_call_id, now_text()],
+    )?;
+    Ok(changed > 0)
+}
+
 /// A JSON array of strings; tolerates a comma-joined list.
 fn parse_string_list(text: &str) -> Vec<String> {
     serde_json::from_str(text).unwrap_or_else(|_| {
@@ -861,6 +904,64 @@ mod tests {
             message,
             "'abc' is not a phone number: use digits with an optional leading +, e.g. +8613800000000"
         );
+    }
+
+    #[test]
+    fn chinese_national_and_international_spellings_are_the_same_number() {
+        assert_eq!(
+            same_number_forms("+8613800000000"),
+            ["+8613800000000", "13800000000"]
+        );
+        assert_eq!(
+            same_number_forms("13800000000"),
+            ["13800000000", "+8613800000000"]
+        );
+        assert_eq!(
+            same_number_forms("+861012345678"),
+            ["+861012345678", "01012345678"]
+        );
+        assert_eq!(
+            same_number_forms("01012345678"),
+            ["01012345678", "+861012345678"]
+        );
+        assert_eq!(same_number_forms("+14155550100"), ["+14155550100"]);
+        let store = Store::open_in_memory().unwrap();
+        assert!(store.add_dnc("138 0000 0000", "别打了", None).unwrap());
+        assert!(store.is_dnc("+86 138-0000-0000").unwrap());
+        assert!(!store.add_dnc("+8613800000000", "again", None).unwrap());
+        assert_eq!(store.list_dnc().unwrap().len(), 1);
+        assert!(store.remove_dnc("0086 13800000000").unwrap());
+        assert!(!store.is_dnc("13800000000").unwrap());
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_as_such() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .start_call(&NewCall {
+                call_id: "c".into(),
+                transport: "eval".into(),
+                to_number: None,
+                from_number: None,
+                call_sid: None,
+                stream_sid: None,
+                started_at: OffsetDateTime::UNIX_EPOCH,
+            })
+            .unwrap();
+        // Cap the database at its current size: the next pages cannot be allocated.
+        {
+            let conn = store.lock();
+            let pages: i64 = conn
+                .pragma_query_value(None, "page_count", |row| row.get(0))
+                .unwrap();
+            conn.pragma_update(None, "max_page_count", pages).unwrap();
+        }
+        let big = "说".repeat(20_000);
+        let err = (0..10)
+            .find_map(|_| store.record_event("c", "note", &big).err())
+            .expect("the capped database fills up");
+        assert!(matches!(err, StoreError::DiskFull { .. }), "{err:?}");
+        assert!(err.to_string().contains(":memory: is full"), "{err}");
     }
 
     #[test]

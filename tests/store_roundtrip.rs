@@ -93,6 +93,10 @@ fn a_call_round_trips_and_survives_a_restart() {
 
     // A new process: open the same file again.
     let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.schema_version().unwrap(),
+        renewal_bot::store::MIGRATIONS.len() as i64
+    );
     let calls = store.recent_calls(10).unwrap();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
@@ -181,6 +185,12 @@ fn dnc_numbers_are_normalized_and_first_entry_wins() {
     assert!(store.remove_dnc("+86 138 0000 0000").unwrap());
     assert!(!store.remove_dnc(ZHANG).unwrap());
     assert!(!store.is_dnc(ZHANG).unwrap());
+
+    // An operator may type the national spelling; the dialer checks the E.164 one.
+    assert!(store.add_dnc("138 0000 0000", "客户投诉", None).unwrap());
+    assert!(store.is_dnc("+86 138-0000-0000").unwrap());
+    assert!(!store.add_dnc(ZHANG, "again", None).unwrap());
+    assert_eq!(store.list_dnc().unwrap().len(), 1);
 }
 
 #[test]
