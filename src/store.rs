@@ -45,11 +45,11 @@ pub enum StoreError {
     Open { path: DbPath, reason: String },
 
     #[error(
-        "the database at {path} is read-only ({source}); check the permissions of the file and its directory, or pass --db PATH"
+        "the database at {path} is read-only ({detail}); check the permissions of the file and its directory, or pass --db PATH"
     )]
     ReadOnly {
         path: DbPath,
-        source: rusqlite::Error,
+        detail: rusqlite::Error,
     },
 
     #[error(
@@ -57,15 +57,15 @@ pub enum StoreError {
     )]
     DiskFull {
         path: DbPath,
-        source: rusqlite::Error,
+        detail: rusqlite::Error,
     },
 
     #[error(
-        "the file at {path} is not a renewal-bot database or is corrupt ({source}); move it aside so a fresh one is created, restore a backup, or pass --db PATH"
+        "the file at {path} is not a renewal-bot database or is corrupt ({detail}); move it aside so a fresh one is created, restore a backup, or pass --db PATH"
     )]
     Corrupt {
         path: DbPath,
-        source: rusqlite::Error,
+        detail: rusqlite::Error,
     },
 
     #[error(
@@ -83,7 +83,7 @@ pub enum StoreError {
     )]
     Busy {
         path: DbPath,
-        source: rusqlite::Error,
+        detail: rusqlite::Error,
     },
 
     #[error(
@@ -104,10 +104,10 @@ pub enum StoreError {
     #[error("cannot record the time {time}: {reason}")]
     BadTime { time: String, reason: String },
 
-    #[error("database error at {path}: {source}")]
+    #[error("database error at {path}: {detail}")]
     Sqlite {
         path: DbPath,
-        source: rusqlite::Error,
+        detail: rusqlite::Error,
     },
 }
 
@@ -290,7 +290,7 @@ impl Store {
             })?;
         }
         let conn = Connection::open(path).map_err(|e| match classify(&db_path, e) {
-            StoreError::Sqlite { source, .. } => open_err(source.to_string()),
+            StoreError::Sqlite { detail, .. } => open_err(detail.to_string()),
             other => other,
         })?;
         Self::init(conn, db_path, true)
@@ -797,19 +797,19 @@ fn parse_string_list(text: &str) -> Vec<String> {
 fn classify(path: &DbPath, e: rusqlite::Error) -> StoreError {
     let path = path.clone();
     match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => StoreError::DiskFull { path, source: e },
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull { path, detail: e },
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            StoreError::Corrupt { path, source: e }
+            StoreError::Corrupt { path, detail: e }
         }
-        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { path, source: e },
+        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { path, detail: e },
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            StoreError::Busy { path, source: e }
+            StoreError::Busy { path, detail: e }
         }
         Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => StoreError::Open {
             path,
             reason: e.to_string(),
         },
-        _ => StoreError::Sqlite { path, source: e },
+        _ => StoreError::Sqlite { path, detail: e },
     }
 }
 
