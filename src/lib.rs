@@ -2,6 +2,7 @@
 
 pub mod asr;
 pub mod audio;
+pub mod dialer;
 pub mod dialog;
 pub mod eval;
 pub mod intent;
@@ -10,4 +11,5 @@ pub mod records;
 pub mod session;
 pub mod store;
 pub mod text;
+pub mod transport;
 pub mod vad;

@@ -1,0 +1,4 @@
+//! Transports: thin drivers that connect the sans-I/O call session to a phone network.
+//! `twilio` speaks Twilio's webhooks, Media Streams WebSocket and Calls API.
+
+pub mod twilio;

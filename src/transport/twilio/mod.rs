@@ -1,0 +1,21 @@
+//! Twilio: `POST /twiml` connects a call to a bidirectional Media Stream, `GET /media` is
+//! that stream (one task per call driving a [`crate::session::Session`]), `POST /status`
+//! takes status callbacks; outbound calls and the hang-up fallback go through the Calls API.
+//!
+//! - [`protocol`] — the WebSocket messages and the TwiML, no I/O;
+//! - [`signature`] — `X-Twilio-Signature`;
+//! - [`config`] — `serve` settings;
+//! - [`server`] — the axum app and graceful shutdown;
+//! - [`call`] — the per-call driver (pacing, marks, barge-in, recognition, store);
+//! - [`rest`] — the Calls API client.
+
+pub mod call;
+pub mod config;
+pub mod protocol;
+pub mod rest;
+pub mod server;
+pub mod signature;
+
+pub use call::{CallDeps, CallEvent};
+pub use config::{ServeArgs, ServeConfig};
+pub use server::{AppState, SharedDeps, router, serve};

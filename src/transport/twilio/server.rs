@@ -1,0 +1,469 @@
+//! The HTTP side of `renewal-bot serve`: an axum app with
+//!
+//! - `POST /twiml`: the call's webhook; answers with `<Connect><Stream>` TwiML that points
+//!   Twilio at `wss://PUBLIC/media` and carries the call data as `<Parameter>`s;
+//! - `GET /media`: the Media Streams WebSocket, one task per call ([`super::call`]);
+//! - `POST /status`: status callbacks, stored as call events;
+//! - `GET /healthz`.
+//!
+//! Every Twilio request must carry a valid `X-Twilio-Signature` (403 otherwise), checked
+//! against the URL Twilio used: the public base URL plus the request's path and query.
+
+use crate::asr::RecognizerPool;
+use crate::audio::clips::ClipLibrary;
+use crate::dialog::Script;
+use crate::labels::Outcome;
+use crate::session::SessionConfig;
+use crate::store::Store;
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+use super::call::{self, CallDeps, CallEnv, CallEvent, LiveCalls};
+use super::config::{ServeArgs, ServeConfig, websocket_base};
+use super::protocol;
+use super::rest::TwilioRest;
+use super::signature;
+
+/// What `main` hands to [`serve`]: the things that are slow to set up or shared with other
+/// commands.
+pub struct SharedDeps {
+    pub store: Store,
+    /// The whisper pool, shared by every call.
+    pub recognizer: RecognizerPool,
+    pub session: SessionConfig,
+}
+
+/// The server's state, shared by every request and call.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    public_url: Option<String>,
+    auth_token: Option<String>,
+    env: CallEnv,
+    connections: AtomicU64,
+}
+
+impl AppState {
+    /// Builds the state from checked settings. The Calls API client (the hang-up fallback)
+    /// exists when both the account SID and the auth token are known.
+    pub fn new(config: &ServeConfig, deps: CallDeps) -> AppState {
+        let rest = match (&config.account_sid, &config.auth_token) {
+            (Some(sid), Some(token)) => Some(TwilioRest::new(&config.twilio_api_base, sid, token)),
+            _ => None,
+        };
+        let (events, _) = broadcast::channel(1_024);
+        AppState {
+            inner: Arc::new(Inner {
+                public_url: config.public_url.clone(),
+                auth_token: config.auth_token.clone(),
+                env: CallEnv {
+                    deps,
+                    rest,
+                    events,
+                    live: LiveCalls::new(),
+                },
+                connections: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Call events (opening delay, turns with latency, ends) from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.inner.env.events.subscribe()
+    }
+
+    /// Calls with a live WebSocket (or still settling their record).
+    pub fn live_calls(&self) -> usize {
+        self.inner.env.live.live()
+    }
+
+    /// After the listener stopped: lets live calls finish within `grace`, then cuts the
+    /// rest (their records are finished and marked `interrupted`) and waits for the writes.
+    pub async fn drain(&self, grace: Duration) {
+        let live = &self.inner.env.live;
+        let count = live.live();
+        if count > 0 {
+            tracing::info!(
+                count,
+                "shutting down: waiting up to {grace:?} for live calls to finish"
+            );
+        }
+        if live.wait_idle(grace).await {
+            tracing::info!("all calls finished");
+            return;
+        }
+        tracing::warn!(
+            count = live.live(),
+            "grace period over: cutting the remaining calls"
+        );
+        live.hard_stop.cancel();
+        if !live.wait_idle(Duration::from_secs(10)).await {
+            tracing::error!(
+                count = live.live(),
+                "some calls did not finish their records in time"
+            );
+        }
+    }
+
+    fn base_url(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(url) = &self.inner.public_url {
+            return Some(url.clone());
+        }
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        Some(format!("https://{host}"))
+    }
+
+    /// Checks the signature of a request; on success returns its form parameters.
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        body: &[u8],
+        websocket: bool,
+    ) -> Result<Vec<(String, String)>, Rejected> {
+        let params: Result<Vec<(String, String)>, _> = if body.is_empty() {
+            Ok(Vec::new())
+        } else {
+            serde_urlencoded::from_bytes(body)
+        };
+        let Some(token) = &self.inner.auth_token else {
+            return params.map_err(|err| Rejected::BadForm(err.to_string()));
+        };
+        let forbidden = |why: &str| {
+            tracing::warn!(path = %uri.path(), "rejected request: {why}");
+            Rejected::Forbidden
+        };
+        let Ok(params) = params else {
+            return Err(forbidden("body is not a form, cannot check its signature"));
+        };
+        let Some(signature) = headers.get(signature::HEADER).and_then(|v| v.to_str().ok()) else {
+            return Err(forbidden("no X-Twilio-Signature"));
+        };
+        let Some(base) = self.base_url(headers) else {
+            return Err(forbidden("no public URL and no Host header"));
+        };
+        let base = if websocket {
+            websocket_base(&base)
+        } else {
+            base
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = format!("{base}{path}");
+        if signature::verify(token, &url, &params, signature) {
+            Ok(params)
+        } else {
+            Err(forbidden(&format!("signature does not match {url}")))
+        }
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.env.deps.store
+    }
+}
+
+/// Why a request was refused before its handler ran.
+enum Rejected {
+    Forbidden,
+    BadForm(String),
+}
+
+impl IntoResponse for Rejected {
+    fn into_response(self) -> Response {
+        match self {
+            Rejected::Forbidden => {
+                (StatusCode::FORBIDDEN, "invalid Twilio signature\n").into_response()
+            }
+            Rejected::BadForm(err) => {
+                (StatusCode::BAD_REQUEST, format!("bad form body: {err}\n")).into_response()
+            }
+        }
+    }
+}
+
+/// The app: routes and state. Tests bind it to 127.0.0.1:0 themselves.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/twiml", post(twiml))
+        .route("/status", post(status))
+        .route("/media", get(media))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    axum::Json(serde_json::json!({"status": "ok", "live_calls": state.live_calls()}))
+        .into_response()
+}
+
+fn xml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+async fn twiml(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let params = match state.verify(&headers, &uri, &body, false) {
+        Ok(p) => p,
+        Err(rejected) => return rejected.into_response(),
+    };
+    let p: HashMap<&str, &str> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let call_sid = p.get("CallSid").copied().unwrap_or_default().to_string();
+    let to = p.get("To").copied().unwrap_or_default().to_string();
+    let from = p.get("From").copied().unwrap_or_default().to_string();
+    let answered_by = p.get("AnsweredBy").copied().unwrap_or_default().to_string();
+
+    let store = state.store().clone();
+    let lookup = {
+        let (call_sid, to) = (call_sid.clone(), to.clone());
+        blocking(move || {
+            let call_id = if call_sid.is_empty() {
+                None
+            } else {
+                store.find_call_by_sid(&call_sid).ok().flatten()
+            };
+            let dnc = !to.is_empty() && store.is_dnc(&to).unwrap_or(false);
+            (call_id, dnc)
+        })
+        .await
+    };
+    let (known_id, dnc) = lookup.unwrap_or((None, false));
+    let call_id = known_id
+        .clone()
+        .unwrap_or_else(|| format!("twilio-{}", uuid::Uuid::new_v4()));
+    let span = tracing::info_span!("call", call_id = %call_id);
+    let _entered = span.enter();
+
+    let note = |kind: &'static str, detail: String| {
+        if let Some(id) = known_id.clone() {
+            let store = state.store().clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(err) = store.record_event(&id, kind, &detail) {
+                    tracing::warn!(%err, "cannot record the event");
+                }
+            });
+        }
+    };
+    if dnc {
+        tracing::warn!(%to, "number is on the do-not-call list: hanging up at once");
+        note("refused", "number on the do-not-call list".into());
+        return xml(protocol::hangup_twiml());
+    }
+    if answered_by.starts_with("machine") || answered_by == "fax" {
+        tracing::info!(%answered_by, "answering machine: hanging up");
+        note("answered_by", answered_by);
+        return xml(protocol::hangup_twiml());
+    }
+    let Some(base) = state.base_url(&headers) else {
+        return (StatusCode::BAD_REQUEST, "no Host header\n").into_response();
+    };
+    let stream_url = format!("{}/media", websocket_base(&base));
+    tracing::info!(%call_sid, %to, %stream_url, "connecting the call to the media stream");
+    xml(protocol::connect_stream_twiml(
+        &stream_url,
+        &[
+            ("call_id", call_id.as_str()),
+            ("to", to.as_str()),
+            ("from", from.as_str()),
+            ("call_sid", call_sid.as_str()),
+        ],
+    ))
+}
+
+/// Statuses after which the call is over.
+fn is_final_status(status: &str) -> bool {
+    matches!(
+        status,
+        "completed" | "busy" | "no-answer" | "failed" | "canceled"
+    )
+}
+
+async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let params = match state.verify(&headers, &uri, &body, false) {
+        Ok(p) => p,
+        Err(rejected) => return rejected.into_response(),
+    };
+    let p: HashMap<&str, &str> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let call_sid = p.get("CallSid").copied().unwrap_or_default().to_string();
+    let call_status = p.get("CallStatus").copied().unwrap_or_default().to_string();
+    let duration_ms = p
+        .get("CallDuration")
+        .and_then(|d| d.parse::<u64>().ok())
+        .map_or(0, |s| s * 1_000);
+    let mut detail = call_status.clone();
+    for key in ["AnsweredBy", "CallDuration", "SipResponseCode", "ErrorCode"] {
+        if let Some(v) = p.get(key) {
+            detail.push_str(&format!(" {key}={v}"));
+        }
+    }
+    let store = state.store().clone();
+    let done = blocking(move || {
+        let call_id = match store.find_call_by_sid(&call_sid) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                tracing::warn!(%call_sid, %detail, "status callback for an unknown call");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(%call_sid, %err, "cannot look the call up");
+                return;
+            }
+        };
+        let span = tracing::info_span!("call", call_id = %call_id);
+        let _entered = span.enter();
+        tracing::info!(%detail, "status callback");
+        if let Err(err) = store.record_event(&call_id, "status", &detail) {
+            tracing::warn!(%err, "cannot record the status");
+        }
+        if !is_final_status(&call_status) {
+            return;
+        }
+        match store.get_call(&call_id) {
+            // A call with a media stream is finished by its driver, with the real outcome.
+            Ok(Some(row)) if row.stream_sid.is_none() && row.outcome.is_none() => {
+                tracing::info!(%call_status, "call ended without a media stream");
+                if let Err(err) =
+                    store.finish_call(&call_id, Outcome::NoResponse, false, duration_ms)
+                {
+                    tracing::error!(%err, "cannot finish the call record");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(%err, "cannot read the call"),
+        }
+    })
+    .await;
+    if done.is_none() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn media(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(rejected) = state.verify(&headers, &uri, &[], true) {
+        return rejected.into_response();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let conn = state.inner.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let env = state.inner.env.clone();
+    ws.max_message_size(256 * 1024)
+        .on_failed_upgrade(move |err| tracing::warn!(conn, %err, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| call::run(socket, env, conn))
+}
+
+/// Runs the server until Ctrl-C or SIGTERM, then lets live calls finish (see
+/// [`AppState::drain`]).
+pub async fn serve(args: ServeArgs, shared: SharedDeps) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let script = Script::load(&config.script_dir).with_context(|| {
+        format!(
+            "cannot load the script from {}",
+            config.script_dir.display()
+        )
+    })?;
+    let clips = ClipLibrary::load(&config.audio_dir)
+        .with_context(|| format!("cannot load the clips from {}", config.audio_dir.display()))?;
+    let missing = call::missing_clips(&script, &clips);
+    if !missing.is_empty() {
+        bail!(
+            "{} has no clip for these script lines: {}; render them (tools/tts) first",
+            config.audio_dir.display(),
+            missing.join(", ")
+        );
+    }
+    if config.public_url.is_none() {
+        tracing::warn!(
+            "no --public-url / PUBLIC_URL: the Host header is trusted and https assumed for \
+             stream URLs and signatures"
+        );
+    }
+    let state = AppState::new(
+        &config,
+        CallDeps {
+            store: shared.store,
+            recognizer: Some(shared.recognizer),
+            script: Arc::new(script),
+            clips: Arc::new(clips),
+            session: shared.session,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (see --listen)", config.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
+    tracing::info!(%addr, public_url = ?config.public_url, "serving Twilio webhooks and media streams");
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    state.drain(config.shutdown_grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C: stopping"),
+        _ = terminate => tracing::info!("SIGTERM: stopping"),
+    }
+}

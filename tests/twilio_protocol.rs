@@ -1,0 +1,419 @@
+//! The Twilio transport without speech recognition: signatures, routes, and a media stream
+//! abused in every way a network can (malformed JSON, unknown events, bad base64, media
+//! before `start`, the socket dropped mid-clip). A real server on 127.0.0.1:0, a real
+//! WebSocket; the server must stay up and every call record must be complete.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use renewal_bot::labels::Outcome;
+use renewal_bot::session::SessionConfig;
+use renewal_bot::store::NewCall;
+use std::time::Duration;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn status_of(server: &TestServer, path: &str, sig: Option<&str>) -> u16 {
+    let url = format!("{}{path}", server.base);
+    let mut req = server
+        .http
+        .post(&url)
+        .form(&[("CallSid", "CA1"), ("CallStatus", "completed")]);
+    if let Some(sig) = sig {
+        req = req.header("X-Twilio-Signature", sig);
+    }
+    req.send().await.expect("POST").status().as_u16()
+}
+
+#[tokio::test]
+async fn unsigned_or_badly_signed_requests_get_403() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    for path in ["/twiml", "/status"] {
+        assert_eq!(status_of(&server, path, None).await, 403, "{path} unsigned");
+        assert_eq!(
+            status_of(&server, path, Some("bm90IGEgc2lnbmF0dXJl")).await,
+            403,
+            "{path} bad signature"
+        );
+    }
+    // Signed for another URL (what a proxy rewriting the host would produce).
+    let params = vec![("CallSid".to_string(), "CA1".to_string())];
+    let wrong = renewal_bot::transport::twilio::signature::compute(
+        TOKEN,
+        "https://elsewhere.example.com/twiml",
+        &params,
+    );
+    assert_eq!(status_of(&server, "/twiml", Some(&wrong)).await, 403);
+
+    for sig in [Some("bm90IGEgc2lnbmF0dXJl"), Some("")] {
+        match server.connect_media(sig).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 403, "/media with {sig:?}")
+            }
+            Err(other) => panic!("/media with {sig:?}: unexpected error {other}"),
+            Ok(_) => panic!("/media with {sig:?} was accepted"),
+        }
+    }
+    // Without a signature header at all.
+    let url = server.ws_url();
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("unsigned /media: {:?}", other.map(|_| ())),
+    }
+
+    let health = server
+        .http
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.expect("json");
+    assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test]
+async fn twiml_connects_a_bidirectional_stream_with_parameters() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    let twiml = server.twiml("CA42", "+8613800000001").await;
+    assert!(twiml.xml.contains("<Connect><Stream"), "{}", twiml.xml);
+    assert!(!twiml.xml.contains("<Start>"), "{}", twiml.xml);
+    assert_eq!(
+        twiml.stream_url,
+        server.ws_url(),
+        "stream URL from the public URL"
+    );
+    assert!(
+        !twiml.stream_url.contains('?'),
+        "no query string on the stream URL"
+    );
+    assert_eq!(twiml.params["to"], "+8613800000001");
+    assert_eq!(twiml.params["call_sid"], "CA42");
+    assert!(!twiml.params["call_id"].is_empty());
+
+    // A number on the do-not-call list is hung up at once.
+    server
+        .store
+        .add_dnc("+8613800000002", "test", None)
+        .expect("add dnc");
+    let resp = server
+        .post_signed(
+            "/twiml",
+            &[
+                ("CallSid", "CA43"),
+                ("To", "+8613800000002"),
+                ("From", FROM),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let xml = resp.text().await.expect("body");
+    assert!(
+        xml.contains("<Hangup/>") && !xml.contains("<Stream"),
+        "{xml}"
+    );
+}
+
+#[tokio::test]
+async fn status_callbacks_are_recorded_and_finish_calls_without_a_stream() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    server
+        .store
+        .start_call(&NewCall {
+            call_id: "c-nostream".into(),
+            transport: "twilio".into(),
+            to_number: Some("+8613800000003".into()),
+            from_number: Some(FROM.into()),
+            call_sid: Some("CA-ns".into()),
+            stream_sid: None,
+            started_at: time::OffsetDateTime::now_utc(),
+        })
+        .expect("start_call");
+    for status in ["initiated", "ringing", "completed"] {
+        let resp = server
+            .post_signed(
+                "/status",
+                &[
+                    ("CallSid", "CA-ns"),
+                    ("CallStatus", status),
+                    ("CallDuration", "3"),
+                ],
+            )
+            .await;
+        assert!(resp.status().is_success(), "{status}: {}", resp.status());
+    }
+    let events = server.store.call_events("c-nostream").expect("events");
+    let kinds: Vec<_> = events.iter().map(|e| e.detail.clone()).collect();
+    assert_eq!(events.len(), 3, "{kinds:?}");
+    assert!(kinds[2].starts_with("completed"), "{kinds:?}");
+    let call = server.store.get_call("c-nostream").unwrap().unwrap();
+    assert_eq!(call.outcome.as_deref(), Some(Outcome::NoResponse.as_str()));
+    assert_eq!(call.duration_ms, Some(3_000));
+    assert!(call.ended_at.is_some());
+    // An unknown CallSid is acknowledged and ignored.
+    let resp = server
+        .post_signed(
+            "/status",
+            &[("CallSid", "CA-unknown"), ("CallStatus", "ringing")],
+        )
+        .await;
+    assert!(resp.status().is_success());
+}
+
+/// Garbage on the stream is logged and skipped; the call goes on, then the line drops
+/// mid-clip: the record is complete with outcome callee_hangup, and the server still works.
+#[tokio::test]
+async fn garbage_on_the_stream_and_a_dropped_socket_leave_a_complete_record() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    let mut events = server.state.subscribe();
+    let to = "+8613800000010";
+    let twiml = server.twiml("CA-garbage", to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let mut ws = server.connect_media(None).await.expect("open /media");
+    let stream_sid = "MZgarbage";
+
+    ws.send(Message::text(connected_msg())).await.unwrap();
+    // Media before start, malformed JSON, an unknown event, binary data.
+    ws.send(Message::text(media_msg(stream_sid, 1, 1, &[0xFF; 160])))
+        .await
+        .unwrap();
+    ws.send(Message::text("{this is not json")).await.unwrap();
+    ws.send(Message::text(r#"{"event":"transcription","x":1}"#))
+        .await
+        .unwrap();
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    let start_sent = tokio::time::Instant::now();
+    ws.send(Message::text(start_msg(
+        stream_sid,
+        "CA-garbage",
+        &twiml.params,
+    )))
+    .await
+    .unwrap();
+    // After start: bad base64, a media message without payload, a mark we never sent,
+    // a second start, a dtmf with two digits, then valid silence.
+    ws.send(Message::text(
+        r#"{"event":"media","streamSid":"MZgarbage","media":{"payload":"%%%not-base64%%%"}}"#,
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        r#"{"event":"media","streamSid":"MZgarbage"}"#,
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text(mark_msg(stream_sid, 5, "not-a-play-id")))
+        .await
+        .unwrap();
+    ws.send(Message::text(mark_msg(stream_sid, 6, "999")))
+        .await
+        .unwrap();
+    ws.send(Message::text(start_msg(
+        stream_sid,
+        "CA-garbage",
+        &twiml.params,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        r#"{"event":"dtmf","streamSid":"MZgarbage","dtmf":{"digit":"12"}}"#,
+    ))
+    .await
+    .unwrap();
+
+    // The opening line arrives promptly, in 20 ms frames, with no burst.
+    let mut frames = 0;
+    let mut first = None;
+    let mut playout_end = tokio::time::Instant::now();
+    let mut max_lead = Duration::ZERO;
+    while frames < 50 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("bot audio")
+            .expect("socket open")
+            .expect("message");
+        let Message::Text(text) = msg else { continue };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        if v["event"] == "media" {
+            let now = tokio::time::Instant::now();
+            first.get_or_insert(now - start_sent);
+            playout_end = playout_end.max(now) + Duration::from_millis(20);
+            max_lead = max_lead.max(playout_end - now);
+            frames += 1;
+            ws.send(Message::text(media_msg(
+                stream_sid,
+                10 + frames,
+                frames,
+                &[0xFF; 160],
+            )))
+            .await
+            .unwrap();
+        }
+    }
+    let first = first.unwrap();
+    println!("opening delay {first:?}, max lead {max_lead:?}");
+    assert!(first < Duration::from_millis(300), "opening took {first:?}");
+    assert!(
+        max_lead <= Duration::from_millis(150),
+        "burst: {max_lead:?} ahead"
+    );
+
+    // The line drops mid-clip: no stop message, the TCP connection just goes away.
+    drop(ws);
+    let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(30)).await;
+    let summary = summary.expect("a summary");
+    assert_eq!(summary.outcome, Outcome::CalleeHangup);
+    let call = server.store.get_call(&call_id).unwrap().expect("call row");
+    assert_eq!(call.outcome.as_deref(), Some("callee_hangup"));
+    assert!(call.ended_at.is_some());
+    assert_eq!(call.call_sid.as_deref(), Some("CA-garbage"));
+    assert_eq!(call.stream_sid.as_deref(), Some(stream_sid));
+    assert_eq!(call.to_number.as_deref(), Some(to));
+    assert!(
+        call.do_not_call,
+        "callee_hangup puts the number on the list"
+    );
+    assert!(server.store.is_dnc(to).unwrap());
+
+    // The server is still up and takes the next call.
+    let health = server
+        .http
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let twiml = server.twiml("CA-next", "+8613800000011").await;
+    let mut ws = server.connect_media(None).await.expect("second call");
+    ws.send(Message::text(start_msg("MZnext", "CA-next", &twiml.params)))
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("second call audio");
+    assert!(matches!(msg, Some(Ok(Message::Text(_)))));
+}
+
+/// A socket that closes before `start` leaves nothing behind and breaks nothing.
+#[tokio::test]
+async fn a_socket_closed_before_start_is_harmless() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    let mut ws = server.connect_media(None).await.expect("open");
+    ws.send(Message::text(connected_msg())).await.unwrap();
+    ws.send(Message::text("garbage")).await.unwrap();
+    ws.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.state.live_calls(), 0);
+    assert_eq!(server.store.recent_calls(10).unwrap().len(), 0);
+}
+
+/// With a short silence timeout and no speech: the opening plays, the bot gives up, plays
+/// the closing line, closes the socket only after that line's mark came back, and ends the
+/// call through the Calls API as a fallback (which answers 20404: already ended).
+#[tokio::test]
+async fn silent_callee_gets_the_closing_line_then_the_hang_up() {
+    let rest = FakeRest::start(
+        (201, "{}"),
+        (
+            404,
+            r#"{"code": 20404, "message": "The requested resource was not found", "more_info": "https://www.twilio.com/docs/errors/20404", "status": 404}"#,
+        ),
+    )
+    .await;
+    let server = TestServer::start(ServerOpts {
+        account_sid: Some(ACCOUNT.into()),
+        api_base: Some(rest.base.clone()),
+        session: SessionConfig {
+            silence_timeout_ms: 2_000,
+            ..SessionConfig::default()
+        },
+        ..ServerOpts::default()
+    })
+    .await;
+    let mut events = server.state.subscribe();
+    let to = "+8613800000020";
+    let call_sid = "CA-silent";
+    let twiml = server.twiml(call_sid, to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let ws = server.connect_media(None).await.expect("open /media");
+    let log = fake_call(ws, call_sid, &twiml.params, CallPlan::new(vec![])).await;
+    println!("{log:#?}");
+    assert!(!log.timed_out, "the bot never hung up");
+    let closed = log.closed_by_bot.expect("the bot closed the socket");
+    assert!(log.first_media.unwrap() < Duration::from_millis(300));
+    assert!(log.marks_from_bot.len() >= 2, "opening and closing marks");
+    let (last_mark, back_at) = log.marks_returned.last().cloned().expect("marks returned");
+    assert_eq!(log.marks_from_bot.last().unwrap().0, last_mark);
+    assert!(
+        closed >= back_at,
+        "closed at {closed:?} before the last mark came back at {back_at:?}"
+    );
+    assert_eq!(log.marks_pending_at_close, 0);
+    assert_eq!(log.unplayed_at_close, Duration::ZERO);
+
+    let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(10))
+        .await
+        .expect("summary");
+    assert_eq!(summary.outcome, Outcome::NoResponse);
+    let call = server.store.get_call(&call_id).unwrap().unwrap();
+    assert_eq!(call.outcome.as_deref(), Some("no_response"));
+    assert!(!call.do_not_call);
+    assert!(!server.store.is_dnc(to).unwrap());
+
+    // The Status=completed fallback went out, with basic auth, and 20404 was fine.
+    let mut tries = 0;
+    let request = loop {
+        if let Some(r) = rest
+            .requests()
+            .into_iter()
+            .find(|r| r.path.ends_with(&format!("/Calls/{call_sid}.json")))
+        {
+            break r;
+        }
+        tries += 1;
+        assert!(tries < 50, "no Status=completed request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        request.form,
+        vec![("Status".to_string(), "completed".to_string())]
+    );
+    assert!(
+        request
+            .authorization
+            .unwrap_or_default()
+            .starts_with("Basic ")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = server.store.call_events(&call_id).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "rest_hangup" && e.detail == "already ended"),
+        "{events:?}"
+    );
+}
+
+/// `--insecure-skip-signature`: no token, requests pass unsigned.
+#[tokio::test]
+async fn insecure_mode_accepts_unsigned_requests() {
+    let server = TestServer::start(ServerOpts {
+        token: None,
+        ..ServerOpts::default()
+    })
+    .await;
+    assert_eq!(status_of(&server, "/status", None).await, 204);
+    let resp = server
+        .http
+        .post(format!("{}/twiml", server.base))
+        .form(&[("CallSid", "CA1"), ("To", "+8613800000030")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .is_ok()
+    );
+}
