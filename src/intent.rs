@@ -51,6 +51,7 @@ struct RuleEntry {
 /// A regular expression tried on the text and on its sound-alike form.
 #[derive(Debug)]
 struct Pattern {
+    source: String,
     exact: Regex,
     sound_alike: Regex,
 }
@@ -58,6 +59,7 @@ struct Pattern {
 impl Pattern {
     fn compile(source: &str) -> Result<Pattern, regex::Error> {
         Ok(Pattern {
+            source: source.to_string(),
             exact: Regex::new(source)?,
             sound_alike: Regex::new(&text::sound_alike(source))?,
         })
@@ -259,6 +261,23 @@ impl IntentRules {
             normalized,
             intents,
         }
+    }
+
+    /// Which patterns of which labels match `raw` (for `renewal-bot classify`, when
+    /// tuning the rules): `(label, pattern, vetoed by unless/guard)`.
+    pub fn explain(&self, raw: &str) -> Vec<(Intent, String, bool)> {
+        let utterance = Utterance::new(&text::normalize(raw));
+        let mut hits = Vec::new();
+        for rule in &self.rules {
+            let vetoed_by_unless = rule.unless.iter().any(|u| u.is_match(&utterance));
+            for (pattern, guard) in &rule.patterns {
+                if pattern.is_match(&utterance) {
+                    let guarded = guard.as_ref().is_some_and(|g| g.is_match(&utterance));
+                    hits.push((rule.label, pattern.source.clone(), vetoed_by_unless || guarded));
+                }
+            }
+        }
+        hits
     }
 }
 

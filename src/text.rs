@@ -26,7 +26,8 @@ fn fold_width(c: char) -> char {
 }
 
 /// The syllable of a Chinese character with tone removed and the merges that telephone
-/// audio and regional accents blur: zh/z, ch/c, sh/s, n/l, -ng/-n, and j/q/x with ü/i.
+/// audio and regional accents blur: zh/z, ch/c, sh/s, n/l, -ng/-n. (Merging j/q/x and ü/i
+/// as well made 去, 句 and 几 all sound like 续: far more false matches than slips caught.)
 pub fn fuzzy_syllable(c: char) -> Option<String> {
     let plain = c.to_pinyin()?.plain();
     let mut syllable = plain.replace('ü', "v");
@@ -38,12 +39,6 @@ pub fn fuzzy_syllable(c: char) -> Option<String> {
     if let Some(rest) = syllable.strip_prefix('l') {
         syllable = format!("n{rest}");
     }
-    if let Some(first @ ('j' | 'q' | 'x' | 'y')) = syllable.chars().next() {
-        // After j/q/x (and y) a written u is ü; merge it with i as many speakers do.
-        let rest = syllable[1..].replace('u', "v").replace('v', "i");
-        syllable = format!("{}{rest}", if first == 'y' { 'y' } else { 'j' });
-    }
-    syllable = syllable.replace('v', "i");
     if let Some(stem) = syllable.strip_suffix("ng") {
         syllable = format!("{stem}n");
     }
