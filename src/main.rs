@@ -1,1 +1,259 @@
-fn main() {}
+//! The `renewal-bot` command line: evaluate recorded calls, serve Twilio calls, place a
+//! call, and look after the do-not-call list and the call records.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use renewal_bot::asr::{AsrConfig, RecognizerPool};
+use renewal_bot::audio::clips::ClipLibrary;
+use renewal_bot::dialog::Script;
+use renewal_bot::eval::{self, EvalOptions, manifest::Manifest, simulate::Transcribe};
+use renewal_bot::records::{self, CallsCommand, DncCommand};
+use renewal_bot::session::SessionConfig;
+use renewal_bot::store::Store;
+
+/// An outbound phone bot for service-expiry calls: 李明 of 长江公司 tells 张强 of 泰山公司
+/// that his cloud service expires on 2025-01-01, learns whether he renews or cancels,
+/// answers a few standard questions, honours "never call again", and hangs up politely.
+///
+/// Speech is recognized locally with whisper (no cloud). Every call's turns, outcome and
+/// do-not-call state are stored in SQLite.
+#[derive(Parser)]
+#[command(name = "renewal-bot", version, propagate_version = true)]
+struct Cli {
+    /// SQLite database with calls, turns and the do-not-call list.
+    #[arg(long, global = true, env = "RENEWAL_BOT_DB", default_value_os_t = records::default_db_path())]
+    db: PathBuf,
+    /// Whisper model in ggml form (get it with `models/fetch`).
+    #[arg(long, global = true, env = "RENEWAL_BOT_MODEL", default_value_os_t = AsrConfig::default_model_path())]
+    model: PathBuf,
+    /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `renewal_bot=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a manifest of recorded calls through the call session and report intents,
+    /// outcomes, do-not-call, CER and reply latency (format: shared/scenario.md).
+    Eval(EvalArgs),
+    /// Answer Twilio Media Streams calls (TwiML webhook, media WebSocket, status callbacks).
+    Serve(renewal_bot::transport::twilio::config::ServeArgs),
+    /// Place one outbound call through Twilio's Calls API (refused for do-not-call numbers).
+    Call(renewal_bot::dialer::CallArgs),
+    /// The permanent do-not-call list.
+    #[command(subcommand)]
+    Dnc(DncCommand),
+    /// Recent calls and their turns.
+    #[command(subcommand)]
+    Calls(CallsCommand),
+    /// Transcribe WAV files with the bot's recognizer and show the intents the rules give.
+    Transcribe {
+        /// WAV files (any rate, mono or stereo, PCM or μ-law).
+        #[arg(required = true)]
+        wavs: Vec<PathBuf>,
+        #[command(flatten)]
+        assets: Assets,
+    },
+    /// Check the script, the clips and the model, and say what is wrong.
+    Check {
+        #[command(flatten)]
+        assets: Assets,
+    },
+    /// Show the intents the rules give to a sentence, and which patterns matched.
+    Classify {
+        /// What the callee said, e.g. "发短信就行，别打电话".
+        #[arg(required = true)]
+        texts: Vec<String>,
+        #[command(flatten)]
+        assets: Assets,
+    },
+}
+
+/// Where the dialog script and 李明's clips are.
+#[derive(clap::Args)]
+struct Assets {
+    /// Folder with the dialog script (lines.toml, dialog.toml, intents.toml).
+    #[arg(long, default_value = "script")]
+    script_dir: PathBuf,
+    /// Folder with 李明's clips and their manifest.toml.
+    #[arg(long, default_value = "audio")]
+    audio_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    assets: Assets,
+    /// The manifest (TOML) of recorded call cases.
+    #[arg(default_value_os_t = eval::default_manifest())]
+    manifest: PathBuf,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Feed each turn's reference text instead of its audio (tests the rules and the
+    /// script without speech recognition).
+    #[arg(long)]
+    text: bool,
+    /// Do not print the per-case table.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|err| {
+        eprintln!("warning: ignoring the log filter {:?}: {err}", cli.log);
+        tracing_subscriber::EnvFilter::new("warn")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Eval(args) => run_eval(&cli.model, args),
+        Command::Serve(args) => {
+            let store = open_store(&cli.db)?;
+            let recognizer = start_recognizer(&cli.model)?;
+            let shared = renewal_bot::transport::twilio::server::SharedDeps {
+                store,
+                recognizer,
+                session: SessionConfig::default(),
+            };
+            runtime()?.block_on(renewal_bot::transport::twilio::server::serve(args, shared))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Call(args) => {
+            let store = open_store(&cli.db)?;
+            let sid = runtime()?.block_on(renewal_bot::dialer::place_call(args, &store))?;
+            println!("{sid}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dnc(command) => {
+            records::run_dnc(&open_store(&cli.db)?, command, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Calls(command) => {
+            records::run_calls(&open_store(&cli.db)?, command, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Transcribe { wavs, assets } => {
+            let script = load_script(&assets.script_dir)?;
+            let recognizer = start_recognizer(&cli.model)?;
+            for path in wavs {
+                let audio = renewal_bot::audio::wav::read_mono(&path)?.to_rate(renewal_bot::audio::ASR_RATE)?;
+                let (transcript, decode_ms) = recognizer.recognize_blocking(audio.samples)?;
+                let heard = script.rules.classify(&transcript.text);
+                let intents: Vec<&str> = heard.intents.iter().map(|i| i.as_str()).collect();
+                println!("{}\t{}\t{}\t{decode_ms} ms", path.display(), transcript.text, intents.join(","));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Classify { texts, assets } => {
+            let script = load_script(&assets.script_dir)?;
+            for text in texts {
+                let heard = script.rules.classify(&text);
+                let intents: Vec<&str> = heard.intents.iter().map(|i| i.as_str()).collect();
+                println!("{text}\t→ {}", intents.join(", "));
+                for (label, pattern, vetoed) in script.rules.explain(&text) {
+                    let note = if vetoed { "  (vetoed by unless/guard)" } else { "" };
+                    println!("    {label:<18} {pattern}{note}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { assets } => {
+            let script = load_script(&assets.script_dir)?;
+            let clips = load_clips(&assets.audio_dir)?;
+            eval::check_clips(&script, &clips)?;
+            println!("script: {} states, {} lines — ok", script.states.len(), script.lines.len());
+            println!("clips: {} in {} — ok", clips.len(), assets.audio_dir.display());
+            let config = AsrConfig::for_model(cli.model.clone());
+            renewal_bot::asr::WhisperModel::load(&config.model)?;
+            println!("model: {} — ok", cli.model.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn open_store(path: &Path) -> anyhow::Result<Store> {
+    Ok(Store::open(path)?)
+}
+
+fn load_script(dir: &Path) -> anyhow::Result<Arc<Script>> {
+    Ok(Arc::new(Script::load(dir)?))
+}
+
+fn load_clips(dir: &Path) -> anyhow::Result<ClipLibrary> {
+    Ok(ClipLibrary::load(dir)?)
+}
+
+fn start_recognizer(model: &Path) -> anyhow::Result<RecognizerPool> {
+    Ok(RecognizerPool::start(AsrConfig::for_model(model.to_path_buf()))?)
+}
+
+fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let script = load_script(&args.assets.script_dir)?;
+    let clips = load_clips(&args.assets.audio_dir)?;
+    let needs_audio = manifest.cases.iter().flat_map(|c| &c.turns).any(|t| t.audio.is_some() && !(args.text && t.text.is_some()));
+    let recognizer = if needs_audio { Some(start_recognizer(model)?) } else { None };
+
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(manifest.cases.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} cases  {elapsed} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let on_case_done = |case: &eval::report::CaseReport| {
+        let mark = if case.outcome_correct() { "ok" } else { "MISS" };
+        progress.set_message(format!("{mark} {}", case.name));
+        progress.inc(1);
+    };
+    let options = EvalOptions { text_only: args.text, session: SessionConfig::default(), on_case_done: &on_case_done };
+    let transcriber = recognizer.as_ref().map(|r| r as &dyn Transcribe);
+    let report = eval::run(&manifest, &script, &clips, transcriber, &options)?;
+    progress.finish_and_clear();
+
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    if args.quiet {
+        let s = &report.summary;
+        println!(
+            "outcomes {}/{}, intents {}/{}, dnc {}/{}, cer {:.3}, latency p50 {} ms p95 {} ms",
+            s.outcome_correct, s.cases, s.intent_correct, s.turns, s.dnc_correct, s.dnc_total, s.cer,
+            s.reply_latency_ms.p50, s.reply_latency_ms.p95
+        );
+    } else {
+        print!("{}", report.render_table());
+    }
+    if let Some(path) = &args.json {
+        println!("report written to {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
