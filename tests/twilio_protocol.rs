@@ -417,3 +417,47 @@ async fn insecure_mode_accepts_unsigned_requests() {
             .is_ok()
     );
 }
+
+/// Shutdown with a call still live: after the grace period the call is cut, its record is
+/// finished and marked `interrupted`, and the cut does not put the callee on the list.
+#[tokio::test]
+async fn shutdown_cuts_live_calls_after_the_grace_period_and_finishes_their_records() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    let mut events = server.state.subscribe();
+    let to = "+8613800000040";
+    let twiml = server.twiml("CA-shutdown", to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let ws = server.connect_media(None).await.expect("open /media");
+    let params = twiml.params.clone();
+    let caller = tokio::spawn(async move {
+        let mut plan = CallPlan::new(vec![]);
+        plan.limit = Duration::from_secs(30);
+        fake_call(ws, "CA-shutdown", &params, plan).await
+    });
+    // Let the opening start, then stop the server with a short grace period.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(server.state.live_calls(), 1);
+    let stopped = tokio::time::Instant::now();
+    server.state.drain(Duration::from_millis(300)).await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "drain took {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(server.state.live_calls(), 0);
+    let log = caller.await.expect("fake caller");
+    assert!(
+        log.closed_by_bot.is_some(),
+        "the socket was closed by the server"
+    );
+    TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(5)).await;
+    let call = server.store.get_call(&call_id).unwrap().expect("row");
+    assert!(
+        call.ended_at.is_some() && call.outcome.is_some(),
+        "{call:?}"
+    );
+    assert!(!call.do_not_call, "a shutdown is not the callee's refusal");
+    assert!(!server.store.is_dnc(to).unwrap());
+    let events = server.store.call_events(&call_id).unwrap();
+    assert!(events.iter().any(|e| e.kind == "interrupted"), "{events:?}");
+}
