@@ -11,7 +11,11 @@ use std::time::Instant;
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
 
 /// Without this prompt whisper often writes traditional characters.
-pub const DEFAULT_PROMPT: &str = "以下是普通话的句子。";
+/// The first sentence keeps whisper in simplified Mandarin; the rest are the short answers
+/// a callee gives on such a call, which whisper base otherwise mishears badly (measured in
+/// models/README.md / the core issue's note).
+pub const DEFAULT_PROMPT: &str =
+    "以下是普通话的电话对话。是我。对，我是。嗯，好的。续费。不续了。别再打了。发短信就行。";
 
 /// Texts whisper is known to invent on noise or silence (subtitle credits and the like).
 const HALLUCINATIONS: &[&str] = &[
@@ -45,6 +49,9 @@ pub struct AsrConfig {
     pub prompt: String,
     /// Segments whisper itself rates as this likely to be no speech are dropped.
     pub no_speech_threshold: f32,
+    /// Smallest encoder context (in 20 ms frames) for short utterances: a context sized to
+    /// the audio is fast, but one-word answers come out better with more.
+    pub min_audio_ctx: usize,
 }
 
 impl AsrConfig {
@@ -63,7 +70,20 @@ impl AsrConfig {
             queue_limit: 64,
             prompt: DEFAULT_PROMPT.to_string(),
             no_speech_threshold: 0.8,
+            min_audio_ctx: 512,
         }
+    }
+
+    /// Tuning knobs from the environment (`RENEWAL_BOT_ASR_PROMPT`,
+    /// `RENEWAL_BOT_ASR_MIN_CTX`), for measuring alternatives without a rebuild.
+    pub fn with_env_overrides(mut self) -> AsrConfig {
+        if let Ok(prompt) = std::env::var("RENEWAL_BOT_ASR_PROMPT") {
+            self.prompt = prompt;
+        }
+        if let Some(ctx) = std::env::var("RENEWAL_BOT_ASR_MIN_CTX").ok().and_then(|v| v.parse().ok()) {
+            self.min_audio_ctx = ctx;
+        }
+        self
     }
 }
 
@@ -127,8 +147,12 @@ impl WhisperEngine {
         params.set_initial_prompt(&self.config.prompt);
         // The encoder only needs to look at as much audio as there is (50 frames a second)
         // plus a margin; below 128 whisper starts looping.
-        let audio_ctx = (audio_16k.len() / 320 + 128).min(1_500);
+        let audio_ctx = (audio_16k.len() / 320 + 128).max(self.config.min_audio_ctx).min(1_500);
         params.set_audio_ctx(audio_ctx as i32);
+        // A looping decoder would otherwise run for a minute on one noisy word: real speech
+        // is at most ~8 characters a second.
+        let seconds = audio_16k.len() / 16_000 + 1;
+        params.set_max_tokens((seconds * 10 + 8) as i32);
         // Whisper needs at least a second of input to work well; pad short answers.
         let mut padded;
         let input = if audio_16k.len() < 16_000 {
@@ -163,8 +187,9 @@ pub fn clean_transcript(raw: &str, prompt: &str) -> String {
     let normalized = text::normalize(&simplified);
     let prompt_core = text::normalize(prompt);
     if normalized.is_empty()
-        // A short real answer like 是 also occurs in the prompt; only longer text is an echo.
-        || (normalized.chars().count() >= 3 && prompt_core.contains(&normalized))
+        // Real short answers (对我是, 好的) also occur in the prompt; only a long stretch of
+        // it is an echo.
+        || (normalized.chars().count() >= 8 && prompt_core.contains(&normalized))
         || HALLUCINATIONS.iter().any(|h| normalized.contains(h))
     {
         return String::new();

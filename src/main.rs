@@ -208,7 +208,7 @@ fn load_clips(dir: &Path) -> anyhow::Result<ClipLibrary> {
 }
 
 fn start_recognizer(model: &Path) -> anyhow::Result<RecognizerPool> {
-    Ok(RecognizerPool::start(AsrConfig::for_model(model.to_path_buf()))?)
+    Ok(RecognizerPool::start(AsrConfig::for_model(model.to_path_buf()).with_env_overrides())?)
 }
 
 fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {

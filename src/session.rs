@@ -98,7 +98,7 @@ impl Default for SessionConfig {
             silence_timeout_ms: 10_000,
             max_duration_ms: 120_000,
             barge_in_voiced_ms: 600,
-            hangup_grace_ms: 5_000,
+            hangup_grace_ms: 20_000,
             endpointing: EndpointConfig::default(),
         }
     }

@@ -70,10 +70,13 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, Resampl
         out.append(&mut produced[0]);
     }
     let rest = blocks.remainder();
-    let mut tail = resampler
-        .process_partial(Some(&[rest]), None)
-        .map_err(|e| ResampleError::Process(e.to_string()))?;
-    out.append(&mut tail[0]);
+    // rubato refuses an empty partial block (input an exact multiple of the chunk).
+    if !rest.is_empty() {
+        let mut tail = resampler
+            .process_partial(Some(&[rest]), None)
+            .map_err(|e| ResampleError::Process(e.to_string()))?;
+        out.append(&mut tail[0]);
+    }
     // Flush the filter so the last samples come out, then drop the filter delay.
     while out.len() < expected + delay {
         let mut flushed = resampler
@@ -92,6 +95,13 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, Resampl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_chunks_convert_too() {
+        let samples = vec![0.1f32; 4 * 1024];
+        let out = resample(&samples, 8_000, 16_000).expect("an exact multiple of the chunk");
+        assert_eq!(out.len(), 8 * 1024);
+    }
 
     fn sine(rate: u32, hz: f32, seconds: f32) -> Vec<f32> {
         let n = (rate as f32 * seconds) as usize;
