@@ -182,19 +182,33 @@ impl Endpointer {
         if speech.voiced_frames < self.frames(self.config.min_voiced_ms) {
             return None;
         }
+        Some(VadEvent::SpeechEnded(self.utterance_of(&speech)))
+    }
+
+    fn utterance_of(&self, speech: &Speech) -> Utterance {
         // Keep ~200 ms after the last voiced frame: whisper needs the word's tail.
         let tail_frames = self.frames(200);
         let keep_frames = speech.last_voiced_frame + 1 + tail_frames;
         let first_audio_frame = self.frames_seen - (speech.audio.len() / VAD_FRAME) as u64;
         let keep = ((keep_frames.saturating_sub(first_audio_frame)) as usize * VAD_FRAME).min(speech.audio.len());
-        let mut audio = speech.audio;
-        audio.truncate(keep);
-        Some(VadEvent::SpeechEnded(Utterance {
+        Utterance {
             start_ms: Self::frame_ms(speech.start_frame),
             end_ms: Self::frame_ms(speech.last_voiced_frame + 1),
             voiced_ms: Self::frame_ms(speech.voiced_frames),
-            audio_16k: audio,
-        }))
+            audio_16k: speech.audio[..keep].to_vec(),
+        }
+    }
+
+    /// Silence so far inside the utterance in progress (0 when not in speech).
+    pub fn trailing_silence_ms(&self) -> u64 {
+        self.speech.as_ref().map_or(0, |s| Self::frame_ms(s.silent_run))
+    }
+
+    /// The utterance in progress as it would end now, if it is long enough to count: lets
+    /// the caller start recognizing before the end-of-utterance silence is complete.
+    pub fn peek(&self) -> Option<Utterance> {
+        let speech = self.speech.as_ref()?;
+        (speech.voiced_frames >= self.frames(self.config.min_voiced_ms)).then(|| self.utterance_of(speech))
     }
 
     /// Ends any utterance in progress (the call is over).

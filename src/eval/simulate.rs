@@ -67,6 +67,22 @@ pub fn telephone_line(audio_8k: &[i16]) -> Vec<i16> {
     audio_8k.iter().map(|&s| mulaw::decode(mulaw::encode(s))).collect()
 }
 
+/// Where speech ends in a turn's audio (ms from its start): the end of the last 20 ms
+/// window within 35 dB of the loudest one. Reply latency counts from here, as a caller
+/// hears it, not from where the endpointer decided.
+pub fn speech_end_ms(samples_8k: &[i16]) -> u64 {
+    let energies: Vec<f64> = samples_8k
+        .chunks(FRAME_SAMPLES)
+        .map(|w| w.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / w.len().max(1) as f64)
+        .collect();
+    let peak = energies.iter().copied().fold(0.0, f64::max);
+    if peak <= 0.0 {
+        return 0;
+    }
+    let floor = peak * 10f64.powf(-3.5);
+    energies.iter().rposition(|&e| e >= floor).map_or(0, |i| (i as u64 + 1) * FRAME_MS)
+}
+
 struct Playing {
     play_id: PlayId,
     remaining_ms: Millis,
@@ -219,6 +235,7 @@ pub fn run_case(
     line.drain()?;
 
     let mut windows: Vec<Option<(Millis, Millis)>> = vec![None; inputs.len()];
+    let mut speech_ends: Vec<Option<Millis>> = vec![None; inputs.len()];
     let mut next_turn = 0;
     let mut feeding: Option<Feeding> = None;
     let mut text_turn: Option<TextTurn> = None;
@@ -255,11 +272,13 @@ pub fn run_case(
                 TurnInput::Audio(samples) => {
                     feeding = Some(Feeding { turn: next_turn, samples: samples.clone(), position: 0 });
                     windows[next_turn] = Some((now, now + samples.len() as u64 / 8));
+                    speech_ends[next_turn] = Some(now + speech_end_ms(samples));
                 }
                 TurnInput::Text(text) => {
                     let length = (text.chars().count() as Millis * TEXT_MS_PER_CHAR).max(400);
                     text_turn = Some(TextTurn { turn: next_turn, start: now, end: now + length, text: text.clone() });
                     windows[next_turn] = Some((now, now + length));
+                    speech_ends[next_turn] = Some(now + length);
                     last_input_end = Some(now + length);
                 }
             }
@@ -298,7 +317,7 @@ pub fn run_case(
         line.drain()?;
     }
 
-    let turns = attribute(&line.records, &windows, &line.started);
+    let turns = attribute(&line.records, &windows, &speech_ends, &line.started);
     let summary = line.session.summary();
     Ok(CaseOutcome {
         outcome: summary.as_ref().map(|s| s.outcome),
@@ -313,6 +332,7 @@ pub fn run_case(
 fn attribute(
     records: &[Record],
     windows: &[Option<(Millis, Millis)>],
+    speech_ends: &[Option<Millis>],
     started: &HashMap<PlayId, Millis>,
 ) -> Vec<TurnOutcome> {
     let mut per_turn: Vec<Vec<&Record>> = vec![Vec::new(); windows.len()];
@@ -337,7 +357,8 @@ fn attribute(
     windows
         .iter()
         .zip(per_turn)
-        .map(|(window, entries)| {
+        .zip(speech_ends)
+        .map(|((window, entries), speech_end)| {
             if entries.is_empty() {
                 return TurnOutcome { reached: window.is_some(), ..TurnOutcome::default() };
             }
@@ -354,8 +375,22 @@ fn attribute(
                 intent: record.intents.first().copied(),
                 reply_latency_ms: first_reply
                     .and_then(|id| started.get(&id))
-                    .map(|&at| at.saturating_sub(record.speech_end)),
+                    .map(|&at| at.saturating_sub(speech_end.unwrap_or(record.speech_end))),
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speech_end_ignores_the_quiet_tail() {
+        let mut audio = vec![0i16; 8 * 300];
+        audio.extend((0..8 * 1_000).map(|i| ((i as f32 * 0.3).sin() * 8_000.0) as i16));
+        audio.extend((0..8 * 500).map(|i| if i % 2 == 0 { 3 } else { -3 }));
+        assert_eq!(speech_end_ms(&audio), 1_300);
+        assert_eq!(speech_end_ms(&[0; 800]), 0);
+    }
 }
