@@ -298,6 +298,28 @@ mod tests {
     }
 
     #[test]
+    fn sound_alike_collisions_do_not_invent_labels() {
+        let rules = rules();
+        // 那到 sounds like 拉倒, 打电 like 大点, 那些 like 写, 这种电 like 重点.
+        check(&rules, "那到期就续一年吧", WillRenew);
+        check(&rules, "你们干嘛年年都打电话推销啊", AskWhyCall);
+        check(&rules, "那些邮件推送我也不想收了，都停掉吧", StopMessages);
+        check(&rules, "我想知道这种电话到底是谁让你们打的", AskWhyCall);
+        check(&rules, "什么？最后那句再说一遍", AskRepeat);
+        check(&rules, "我那些数据你们会不会拿去乱用", AskDataHandling);
+    }
+
+    #[test]
+    fn misheard_endings_still_count() {
+        let rules = rules();
+        check(&rules, "听你们说话就头疼不说了怪了", HostileHangup);
+        check(&rules, "以为这公司真够烦人的别说了五话了", HostileHangup);
+        check(&rules, "不打算是这个平台我们没怎么用", Decline);
+        check(&rules, "这也太奇怪了", Unknown);
+        check(&rules, "张强换部门了，这个号现在是我在用", WrongPerson);
+    }
+
+    #[test]
     fn scenario_examples_get_their_labels() {
         let r = rules();
         let table: &[(&str, Intent)] = &[
