@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
 
 /// Without this prompt whisper often writes traditional characters.
 /// The first sentence keeps whisper in simplified Mandarin; the rest are the short answers
@@ -19,8 +21,19 @@ pub const DEFAULT_PROMPT: &str =
 
 /// Texts whisper is known to invent on noise or silence (subtitle credits and the like).
 const HALLUCINATIONS: &[&str] = &[
-    "字幕", "订阅", "点赞", "转发", "打赏", "明镜", "栏目", "感谢观看", "谢谢观看", "谢谢收看", "请不吝",
-    "amaraorg", "以下是普通话",
+    "字幕",
+    "订阅",
+    "点赞",
+    "转发",
+    "打赏",
+    "明镜",
+    "栏目",
+    "感谢观看",
+    "谢谢观看",
+    "谢谢收看",
+    "请不吝",
+    "amaraorg",
+    "以下是普通话",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +93,10 @@ impl AsrConfig {
         if let Ok(prompt) = std::env::var("RENEWAL_BOT_ASR_PROMPT") {
             self.prompt = prompt;
         }
-        if let Some(ctx) = std::env::var("RENEWAL_BOT_ASR_MIN_CTX").ok().and_then(|v| v.parse().ok()) {
+        if let Some(ctx) = std::env::var("RENEWAL_BOT_ASR_MIN_CTX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             self.min_audio_ctx = ctx;
         }
         self
@@ -111,7 +127,10 @@ impl WhisperModel {
         static HOOKS: std::sync::Once = std::sync::Once::new();
         HOOKS.call_once(whisper_rs::install_logging_hooks);
         let context = WhisperContext::new_with_params(path, WhisperContextParameters::default())
-            .map_err(|e| AsrError::ModelLoad { path: path.into(), reason: e.to_string() })?;
+            .map_err(|e| AsrError::ModelLoad {
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
         Ok(Arc::new(WhisperModel { context }))
     }
 
@@ -119,7 +138,10 @@ impl WhisperModel {
         let state = self
             .context
             .create_state()
-            .map_err(|e| AsrError::ModelLoad { path: config.model.clone(), reason: e.to_string() })?;
+            .map_err(|e| AsrError::ModelLoad {
+                path: config.model.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(WhisperEngine { state, config })
     }
 }
@@ -147,7 +169,9 @@ impl WhisperEngine {
         params.set_initial_prompt(&self.config.prompt);
         // The encoder only needs to look at as much audio as there is (50 frames a second)
         // plus a margin; below 128 whisper starts looping.
-        let audio_ctx = (audio_16k.len() / 320 + 128).max(self.config.min_audio_ctx).min(1_500);
+        let audio_ctx = (audio_16k.len() / 320 + 128)
+            .max(self.config.min_audio_ctx)
+            .min(1_500);
         params.set_audio_ctx(audio_ctx as i32);
         // A looping decoder would otherwise run for a minute on one noisy word: real speech
         // is at most ~8 characters a second.
@@ -162,7 +186,9 @@ impl WhisperEngine {
         } else {
             audio_16k
         };
-        self.state.full(params, input).map_err(|e| AsrError::Inference(e.to_string()))?;
+        self.state
+            .full(params, input)
+            .map_err(|e| AsrError::Inference(e.to_string()))?;
 
         let mut raw = String::new();
         let mut no_speech_prob: f32 = 0.0;
@@ -176,7 +202,10 @@ impl WhisperEngine {
         if no_speech_prob >= self.config.no_speech_threshold {
             text.clear();
         }
-        Ok(Transcript { text, no_speech_prob })
+        Ok(Transcript {
+            text,
+            no_speech_prob,
+        })
     }
 }
 
@@ -254,16 +283,26 @@ impl RecognizerPool {
                         };
                         let Ok(job) = job else { return };
                         let started = Instant::now();
-                        let result = engine.transcribe(&job.audio).map(|t| (t, started.elapsed().as_millis() as u64));
+                        let result = engine
+                            .transcribe(&job.audio)
+                            .map(|t| (t, started.elapsed().as_millis() as u64));
                         let _ = job.reply.send(result);
                     }
                 })
-                .map_err(|e| AsrError::Inference(format!("cannot start a recognition thread: {e}")))?;
+                .map_err(|e| {
+                    AsrError::Inference(format!("cannot start a recognition thread: {e}"))
+                })?;
         }
-        Ok(RecognizerPool { sender, queue_limit: config.queue_limit })
+        Ok(RecognizerPool {
+            sender,
+            queue_limit: config.queue_limit,
+        })
     }
 
-    fn submit(&self, audio: Vec<f32>) -> Result<tokio::sync::oneshot::Receiver<Result<(Transcript, u64), AsrError>>, AsrError> {
+    fn submit(
+        &self,
+        audio: Vec<f32>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(Transcript, u64), AsrError>>, AsrError> {
         let (reply, receiver) = tokio::sync::oneshot::channel();
         match self.sender.try_send(Job { audio, reply }) {
             Ok(()) => Ok(receiver),
@@ -274,12 +313,16 @@ impl RecognizerPool {
 
     /// Transcribes one utterance; also returns the decoding time in ms.
     pub async fn recognize(&self, audio_16k: Vec<f32>) -> Result<(Transcript, u64), AsrError> {
-        self.submit(audio_16k)?.await.map_err(|_| AsrError::Closed)?
+        self.submit(audio_16k)?
+            .await
+            .map_err(|_| AsrError::Closed)?
     }
 
     /// The same, for code that is not async (the evaluator, tools).
     pub fn recognize_blocking(&self, audio_16k: Vec<f32>) -> Result<(Transcript, u64), AsrError> {
-        self.submit(audio_16k)?.blocking_recv().map_err(|_| AsrError::Closed)?
+        self.submit(audio_16k)?
+            .blocking_recv()
+            .map_err(|_| AsrError::Closed)?
     }
 }
 
@@ -297,8 +340,17 @@ mod tests {
     fn prompt_echoes_and_hallucinations_become_empty() {
         assert_eq!(clean_transcript("以下是普通话的句子。", DEFAULT_PROMPT), "");
         assert_eq!(clean_transcript("以下是普通话", DEFAULT_PROMPT), "");
-        assert_eq!(clean_transcript("请不吝点赞 订阅 转发 打赏支持明镜与点点栏目", DEFAULT_PROMPT), "");
-        assert_eq!(clean_transcript("  是我，什麼事？", DEFAULT_PROMPT), "是我，什么事？");
+        assert_eq!(
+            clean_transcript(
+                "请不吝点赞 订阅 转发 打赏支持明镜与点点栏目",
+                DEFAULT_PROMPT
+            ),
+            ""
+        );
+        assert_eq!(
+            clean_transcript("  是我，什麼事？", DEFAULT_PROMPT),
+            "是我，什么事？"
+        );
         assert_eq!(clean_transcript("是", DEFAULT_PROMPT), "是");
     }
 
@@ -311,7 +363,10 @@ mod tests {
 
     #[test]
     fn a_missing_model_says_what_to_run() {
-        let err = WhisperModel::load(Path::new("/nonexistent/ggml-base.bin")).err().unwrap().to_string();
+        let err = WhisperModel::load(Path::new("/nonexistent/ggml-base.bin"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("models/fetch"), "{err}");
     }
 }

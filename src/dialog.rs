@@ -11,11 +11,21 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("{path}:{line}: {message}")]
-    Invalid { path: PathBuf, line: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error(transparent)]
     Rules(#[from] RulesError),
 }
@@ -51,7 +61,10 @@ pub enum Next {
     #[default]
     Stay,
     State(usize),
-    End { outcome: Outcome, prefer_pending: bool },
+    End {
+        outcome: Outcome,
+        prefer_pending: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -132,21 +145,34 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn error(&self, at: &Sp, message: impl Into<String>) -> ScriptError {
-        let line = self.source[..at.span().start.min(self.source.len())].matches('\n').count() + 1;
-        ScriptError::Invalid { path: self.path.into(), line, message: message.into() }
+        let line = self.source[..at.span().start.min(self.source.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        ScriptError::Invalid {
+            path: self.path.into(),
+            line,
+            message: message.into(),
+        }
     }
 }
 
 fn read(path: &Path) -> Result<String, ScriptError> {
-    std::fs::read_to_string(path).map_err(|source| ScriptError::Read { path: path.into(), source })
+    std::fs::read_to_string(path).map_err(|source| ScriptError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 impl Script {
     /// Loads `lines.toml`, `dialog.toml` and `intents.toml` from `dir`.
     pub fn load(dir: &Path) -> Result<Script, ScriptError> {
         let lines_path = dir.join("lines.toml");
-        let lines_file: LinesFile = toml::from_str(&read(&lines_path)?)
-            .map_err(|source| ScriptError::Parse { path: lines_path.clone(), source })?;
+        let lines_file: LinesFile =
+            toml::from_str(&read(&lines_path)?).map_err(|source| ScriptError::Parse {
+                path: lines_path.clone(),
+                source,
+            })?;
         let mut lines = HashMap::new();
         for line in lines_file.line {
             if let Some(previous) = lines.insert(line.id.clone(), line) {
@@ -169,21 +195,38 @@ impl Script {
         source: &str,
         path: &Path,
     ) -> Result<Script, ScriptError> {
-        let file: DialogFile =
-            toml::from_str(source).map_err(|source| ScriptError::Parse { path: path.into(), source })?;
+        let file: DialogFile = toml::from_str(source).map_err(|source| ScriptError::Parse {
+            path: path.into(),
+            source,
+        })?;
         let check = Checker { path, source };
         let line_id = |sp: &Sp| -> Result<String, ScriptError> {
             if lines.contains_key(sp.get_ref()) {
                 Ok(sp.get_ref().clone())
             } else {
-                Err(check.error(sp, format!("unknown line `{}` (not in lines.toml)", sp.get_ref())))
+                Err(check.error(
+                    sp,
+                    format!("unknown line `{}` (not in lines.toml)", sp.get_ref()),
+                ))
             }
         };
         let line_ids = |list: &[Sp]| list.iter().map(line_id).collect::<Result<Vec<_>, _>>();
-        let intent = |sp: &Sp| sp.get_ref().parse::<Intent>().map_err(|e| check.error(sp, e.to_string()));
-        let outcome = |sp: &Sp| sp.get_ref().parse::<Outcome>().map_err(|e| check.error(sp, e.to_string()));
+        let intent = |sp: &Sp| {
+            sp.get_ref()
+                .parse::<Intent>()
+                .map_err(|e| check.error(sp, e.to_string()))
+        };
+        let outcome = |sp: &Sp| {
+            sp.get_ref()
+                .parse::<Outcome>()
+                .map_err(|e| check.error(sp, e.to_string()))
+        };
 
-        let state_names: Vec<&str> = file.state.iter().map(|s| s.name.get_ref().as_str()).collect();
+        let state_names: Vec<&str> = file
+            .state
+            .iter()
+            .map(|s| s.name.get_ref().as_str())
+            .collect();
         let state_index = |sp: &Sp| {
             state_names
                 .iter()
@@ -193,9 +236,14 @@ impl Script {
         let transition = |entry: &TransitionEntry| -> Result<(Intent, Transition), ScriptError> {
             let label = intent(&entry.intent)?;
             let next = match (&entry.to, &entry.end) {
-                (Some(_), Some(end)) => return Err(check.error(end, "a transition has `to` or `end`, not both")),
+                (Some(_), Some(end)) => {
+                    return Err(check.error(end, "a transition has `to` or `end`, not both"));
+                }
                 (Some(to), None) => Next::State(state_index(to)?),
-                (None, Some(end)) => Next::End { outcome: outcome(end)?, prefer_pending: entry.end_with_pending },
+                (None, Some(end)) => Next::End {
+                    outcome: outcome(end)?,
+                    prefer_pending: entry.end_with_pending,
+                },
                 (None, None) => Next::Stay,
             };
             let pending = entry.pending.as_ref().map(outcome).transpose()?;
@@ -210,21 +258,29 @@ impl Script {
                 },
             ))
         };
-        let transitions = |entries: &[TransitionEntry]| -> Result<HashMap<Intent, Transition>, ScriptError> {
-            let mut map = HashMap::new();
-            for entry in entries {
-                let (label, t) = transition(entry)?;
-                if map.insert(label, t).is_some() {
-                    return Err(check.error(&entry.intent, format!("`{label}` has two transitions here")));
+        let transitions =
+            |entries: &[TransitionEntry]| -> Result<HashMap<Intent, Transition>, ScriptError> {
+                let mut map = HashMap::new();
+                for entry in entries {
+                    let (label, t) = transition(entry)?;
+                    if map.insert(label, t).is_some() {
+                        return Err(check
+                            .error(&entry.intent, format!("`{label}` has two transitions here")));
+                    }
                 }
-            }
-            Ok(map)
-        };
+                Ok(map)
+            };
 
         let mut states = Vec::new();
         for entry in &file.state {
-            if states.iter().any(|s: &State| s.name == *entry.name.get_ref()) {
-                return Err(check.error(&entry.name, format!("state `{}` is defined twice", entry.name.get_ref())));
+            if states
+                .iter()
+                .any(|s: &State| s.name == *entry.name.get_ref())
+            {
+                return Err(check.error(
+                    &entry.name,
+                    format!("state `{}` is defined twice", entry.name.get_ref()),
+                ));
             }
             let repeat = match entry.repeat.get_ref().as_str() {
                 "@last" => Repeat::Last,
@@ -242,12 +298,21 @@ impl Script {
 
         let mut closing = HashMap::new();
         for (label, line) in &file.closing {
-            let outcome = label.parse::<Outcome>().map_err(|e| check.error(line, e.to_string()))?;
-            let line = if line.get_ref().is_empty() { None } else { Some(line_id(line)?) };
+            let outcome = label
+                .parse::<Outcome>()
+                .map_err(|e| check.error(line, e.to_string()))?;
+            let line = if line.get_ref().is_empty() {
+                None
+            } else {
+                Some(line_id(line)?)
+            };
             closing.insert(outcome, line);
         }
         if let Some(missing) = Outcome::ALL.iter().find(|o| !closing.contains_key(o)) {
-            return Err(check.error(&file.start, format!("[closing] has no entry for outcome `{missing}`")));
+            return Err(check.error(
+                &file.start,
+                format!("[closing] has no entry for outcome `{missing}`"),
+            ));
         }
 
         // Every state must be reachable from the start, or it is dead script.
@@ -264,10 +329,17 @@ impl Script {
             }
         }
         if let Some(dead) = reached.iter().position(|r| !r) {
-            return Err(check.error(&file.state[dead].name, format!("state `{}` is unreachable", states[dead].name)));
+            return Err(check.error(
+                &file.state[dead].name,
+                format!("state `{}` is unreachable", states[dead].name),
+            ));
         }
 
-        let resistance = file.resistance.iter().map(intent).collect::<Result<_, _>>()?;
+        let resistance = file
+            .resistance
+            .iter()
+            .map(intent)
+            .collect::<Result<_, _>>()?;
         let promotional = line_ids(&file.promotional)?.into_iter().collect();
         Ok(Script {
             opening: line_ids(&file.opening)?,
@@ -284,7 +356,10 @@ impl Script {
 
     /// The transition for `intent` in `state`, if any.
     pub fn transition(&self, state: usize, intent: Intent) -> Option<&Transition> {
-        self.states[state].on.get(&intent).or_else(|| self.any.get(&intent))
+        self.states[state]
+            .on
+            .get(&intent)
+            .or_else(|| self.any.get(&intent))
     }
 
     /// Every line id the script can say (for checking the clip library).
@@ -296,11 +371,21 @@ impl Script {
                 ids.insert(line);
             }
             for t in state.on.values() {
-                ids.extend(t.say.iter().chain(&t.say_if_no_resistance).map(String::as_str));
+                ids.extend(
+                    t.say
+                        .iter()
+                        .chain(&t.say_if_no_resistance)
+                        .map(String::as_str),
+                );
             }
         }
         for t in self.any.values() {
-            ids.extend(t.say.iter().chain(&t.say_if_no_resistance).map(String::as_str));
+            ids.extend(
+                t.say
+                    .iter()
+                    .chain(&t.say_if_no_resistance)
+                    .map(String::as_str),
+            );
         }
         ids.extend(self.closing.values().flatten().map(String::as_str));
         ids
@@ -322,7 +407,8 @@ mod tests {
 
     fn load_with_dialog(dialog: &str) -> Result<Script, ScriptError> {
         let dir = script_dir();
-        let lines: LinesFile = toml::from_str(&std::fs::read_to_string(dir.join("lines.toml")).unwrap()).unwrap();
+        let lines: LinesFile =
+            toml::from_str(&std::fs::read_to_string(dir.join("lines.toml")).unwrap()).unwrap();
         let lines = lines.line.into_iter().map(|l| (l.id.clone(), l)).collect();
         let rules = IntentRules::load(&dir.join("intents.toml")).unwrap();
         Script::from_parts(lines, rules, dialog, Path::new("dialog.toml"))
@@ -339,23 +425,47 @@ mod tests {
     fn mistakes_are_reported_with_file_and_line() {
         let good = std::fs::read_to_string(script_dir().join("dialog.toml")).unwrap();
         let cases = [
-            (good.replacen("say = [\"notice\"]", "say = [\"noticee\"]", 1), "unknown line `noticee`"),
-            (good.replacen("intent = \"busy\"", "intent = \"in_a_hurry\"", 1), "unknown Intent label `in_a_hurry`"),
-            (good.replacen("end = \"declined\"", "end = \"refused\"", 1), "unknown Outcome label `refused`"),
-            (good.replacen("to = \"follow_up\"", "to = \"nowhere\"", 1), "unknown state `nowhere`"),
+            (
+                good.replacen("say = [\"notice\"]", "say = [\"noticee\"]", 1),
+                "unknown line `noticee`",
+            ),
+            (
+                good.replacen("intent = \"busy\"", "intent = \"in_a_hurry\"", 1),
+                "unknown Intent label `in_a_hurry`",
+            ),
+            (
+                good.replacen("end = \"declined\"", "end = \"refused\"", 1),
+                "unknown Outcome label `refused`",
+            ),
+            (
+                good.replacen("to = \"follow_up\"", "to = \"nowhere\"", 1),
+                "unknown state `nowhere`",
+            ),
         ];
         for (dialog, expected) in cases {
             let err = load_with_dialog(&dialog).unwrap_err().to_string();
-            assert!(err.starts_with("dialog.toml:") && err.contains(expected), "{err}");
+            assert!(
+                err.starts_with("dialog.toml:") && err.contains(expected),
+                "{err}"
+            );
             let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
-            assert!(dialog.lines().nth(line - 1).unwrap().contains(expected.split('`').nth(1).unwrap()), "{err}");
+            assert!(
+                dialog
+                    .lines()
+                    .nth(line - 1)
+                    .unwrap()
+                    .contains(expected.split('`').nth(1).unwrap()),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn an_unreachable_state_is_rejected() {
         let good = std::fs::read_to_string(script_dir().join("dialog.toml")).unwrap();
-        let dialog = format!("{good}\n[[state]]\nname = \"limbo\"\nrepeat = \"@last\"\nreprompt = \"question_short\"\n");
+        let dialog = format!(
+            "{good}\n[[state]]\nname = \"limbo\"\nrepeat = \"@last\"\nreprompt = \"question_short\"\n"
+        );
         let err = load_with_dialog(&dialog).unwrap_err().to_string();
         assert!(err.contains("state `limbo` is unreachable"), "{err}");
     }

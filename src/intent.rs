@@ -273,7 +273,11 @@ impl IntentRules {
             for (pattern, guard) in &rule.patterns {
                 if pattern.is_match(&utterance) {
                     let guarded = guard.as_ref().is_some_and(|g| g.is_match(&utterance));
-                    hits.push((rule.label, pattern.source.clone(), vetoed_by_unless || guarded));
+                    hits.push((
+                        rule.label,
+                        pattern.source.clone(),
+                        vetoed_by_unless || guarded,
+                    ));
                 }
             }
         }

@@ -114,7 +114,10 @@ fn main() -> ExitCode {
         eprintln!("warning: ignoring the log filter {:?}: {err}", cli.log);
         tracing_subscriber::EnvFilter::new("warn")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -145,22 +148,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dnc(command) => {
-            records::run_dnc(&open_store(&cli.db)?, command, &mut std::io::stdout().lock())?;
+            records::run_dnc(
+                &open_store(&cli.db)?,
+                command,
+                &mut std::io::stdout().lock(),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Calls(command) => {
-            records::run_calls(&open_store(&cli.db)?, command, &mut std::io::stdout().lock())?;
+            records::run_calls(
+                &open_store(&cli.db)?,
+                command,
+                &mut std::io::stdout().lock(),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Transcribe { wavs, assets } => {
             let script = load_script(&assets.script_dir)?;
             let recognizer = start_recognizer(&cli.model)?;
             for path in wavs {
-                let audio = renewal_bot::audio::wav::read_mono(&path)?.to_rate(renewal_bot::audio::ASR_RATE)?;
+                let audio = renewal_bot::audio::wav::read_mono(&path)?
+                    .to_rate(renewal_bot::audio::ASR_RATE)?;
                 let (transcript, decode_ms) = recognizer.recognize_blocking(audio.samples)?;
                 let heard = script.rules.classify(&transcript.text);
                 let intents: Vec<&str> = heard.intents.iter().map(|i| i.as_str()).collect();
-                println!("{}\t{}\t{}\t{decode_ms} ms", path.display(), transcript.text, intents.join(","));
+                println!(
+                    "{}\t{}\t{}\t{decode_ms} ms",
+                    path.display(),
+                    transcript.text,
+                    intents.join(",")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -171,7 +188,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let intents: Vec<&str> = heard.intents.iter().map(|i| i.as_str()).collect();
                 println!("{text}\t→ {}", intents.join(", "));
                 for (label, pattern, vetoed) in script.rules.explain(&text) {
-                    let note = if vetoed { "  (vetoed by unless/guard)" } else { "" };
+                    let note = if vetoed {
+                        "  (vetoed by unless/guard)"
+                    } else {
+                        ""
+                    };
                     println!("    {label:<18} {pattern}{note}");
                 }
             }
@@ -181,8 +202,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let script = load_script(&assets.script_dir)?;
             let clips = load_clips(&assets.audio_dir)?;
             eval::check_clips(&script, &clips)?;
-            println!("script: {} states, {} lines — ok", script.states.len(), script.lines.len());
-            println!("clips: {} in {} — ok", clips.len(), assets.audio_dir.display());
+            println!(
+                "script: {} states, {} lines — ok",
+                script.states.len(),
+                script.lines.len()
+            );
+            println!(
+                "clips: {} in {} — ok",
+                clips.len(),
+                assets.audio_dir.display()
+            );
             let config = AsrConfig::for_model(cli.model.clone());
             renewal_bot::asr::WhisperModel::load(&config.model)?;
             println!("model: {} — ok", cli.model.display());
@@ -192,7 +221,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn open_store(path: &Path) -> anyhow::Result<Store> {
@@ -208,15 +240,25 @@ fn load_clips(dir: &Path) -> anyhow::Result<ClipLibrary> {
 }
 
 fn start_recognizer(model: &Path) -> anyhow::Result<RecognizerPool> {
-    Ok(RecognizerPool::start(AsrConfig::for_model(model.to_path_buf()).with_env_overrides())?)
+    Ok(RecognizerPool::start(
+        AsrConfig::for_model(model.to_path_buf()).with_env_overrides(),
+    )?)
 }
 
 fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.manifest)?;
     let script = load_script(&args.assets.script_dir)?;
     let clips = load_clips(&args.assets.audio_dir)?;
-    let needs_audio = manifest.cases.iter().flat_map(|c| &c.turns).any(|t| t.audio.is_some() && !(args.text && t.text.is_some()));
-    let recognizer = if needs_audio { Some(start_recognizer(model)?) } else { None };
+    let needs_audio = manifest
+        .cases
+        .iter()
+        .flat_map(|c| &c.turns)
+        .any(|t| t.audio.is_some() && !(args.text && t.text.is_some()));
+    let recognizer = if needs_audio {
+        Some(start_recognizer(model)?)
+    } else {
+        None
+    };
 
     let progress = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(manifest.cases.len() as u64);
@@ -233,21 +275,33 @@ fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
         progress.set_message(format!("{mark} {}", case.name));
         progress.inc(1);
     };
-    let options = EvalOptions { text_only: args.text, session: SessionConfig::default(), on_case_done: &on_case_done };
+    let options = EvalOptions {
+        text_only: args.text,
+        session: SessionConfig::default(),
+        on_case_done: &on_case_done,
+    };
     let transcriber = recognizer.as_ref().map(|r| r as &dyn Transcribe);
     let report = eval::run(&manifest, &script, &clips, transcriber, &options)?;
     progress.finish_and_clear();
 
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("cannot write the report to {}", path.display()))?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     if args.quiet {
         let s = &report.summary;
         println!(
             "outcomes {}/{}, intents {}/{}, dnc {}/{}, cer {:.3}, latency p50 {} ms p95 {} ms",
-            s.outcome_correct, s.cases, s.intent_correct, s.turns, s.dnc_correct, s.dnc_total, s.cer,
-            s.reply_latency_ms.p50, s.reply_latency_ms.p95
+            s.outcome_correct,
+            s.cases,
+            s.intent_correct,
+            s.turns,
+            s.dnc_correct,
+            s.dnc_total,
+            s.cer,
+            s.reply_latency_ms.p50,
+            s.reply_latency_ms.p95
         );
     } else {
         print!("{}", report.render_table());

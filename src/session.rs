@@ -116,7 +116,9 @@ enum Phase {
     /// The outcome is decided; the last lines are playing, then the hang-up.
     Closing,
     /// The callee hung up; waiting (briefly) for transcripts still in the recognizer.
-    CalleeGone { give_up_at: Millis },
+    CalleeGone {
+        give_up_at: Millis,
+    },
     Ended,
 }
 
@@ -231,7 +233,9 @@ impl Session {
             return;
         }
         let chunk_ms = samples_8k.len() as u64 / 8;
-        let origin = *self.audio_origin.get_or_insert(now.saturating_sub(chunk_ms));
+        let origin = *self
+            .audio_origin
+            .get_or_insert(now.saturating_sub(chunk_ms));
         self.upsampled.clear();
         self.upsampler.push(samples_8k, &mut self.upsampled);
         let samples = std::mem::take(&mut self.upsampled);
@@ -260,7 +264,9 @@ impl Session {
         if !wanted {
             return;
         }
-        let Some(utterance) = self.endpointer.peek() else { return };
+        let Some(utterance) = self.endpointer.peek() else {
+            return;
+        };
         let id = self.next_utterance;
         self.next_utterance += 1;
         let flight = InFlight {
@@ -368,7 +374,13 @@ impl Session {
     }
 
     /// Acts on one understood utterance while the dialogue is going on.
-    fn answer(&mut self, now: Millis, flight: InFlight, heard: &Classification, turn: &mut TurnRecord) {
+    fn answer(
+        &mut self,
+        now: Millis,
+        flight: InFlight,
+        heard: &Classification,
+        turn: &mut TurnRecord,
+    ) {
         let intent = heard.primary();
         let bot_talking = !self.playing.is_empty();
         let filler = matches!(intent, Intent::Acknowledge | Intent::Unknown);
@@ -378,7 +390,11 @@ impl Session {
             self.touch(now);
             return;
         }
-        if heard.intents.iter().any(|i| self.script.resistance.contains(i)) {
+        if heard
+            .intents
+            .iter()
+            .any(|i| self.script.resistance.contains(i))
+        {
             self.resisted = true;
         }
         if bot_talking {
@@ -415,10 +431,15 @@ impl Session {
                 }
             },
         }
-        turn.reply = self.actions.iter().skip(before).filter_map(|a| match a {
-            Action::Play { line, .. } => Some(line.clone()),
-            _ => None,
-        }).collect();
+        turn.reply = self
+            .actions
+            .iter()
+            .skip(before)
+            .filter_map(|a| match a {
+                Action::Play { line, .. } => Some(line.clone()),
+                _ => None,
+            })
+            .collect();
         self.touch(now);
     }
 
@@ -441,8 +462,15 @@ impl Session {
                 self.state = next;
                 lines.into_iter().for_each(|l| self.play(l));
             }
-            Next::End { outcome, prefer_pending } => {
-                let outcome = if prefer_pending { self.pending.unwrap_or(outcome) } else { outcome };
+            Next::End {
+                outcome,
+                prefer_pending,
+            } => {
+                let outcome = if prefer_pending {
+                    self.pending.unwrap_or(outcome)
+                } else {
+                    outcome
+                };
                 self.close(now, outcome, lines, words);
             }
         }
@@ -454,7 +482,11 @@ impl Session {
         self.outcome = Some(outcome);
         self.phase = Phase::Closing;
         if outcome.adds_to_do_not_call() {
-            let words = if words.is_empty() { self.pending_words.clone() } else { words.to_string() };
+            let words = if words.is_empty() {
+                self.pending_words.clone()
+            } else {
+                words.to_string()
+            };
             self.mark_do_not_call(&words);
         }
         let closing = self.script.closing.get(&outcome).cloned().flatten();
@@ -470,7 +502,10 @@ impl Session {
     /// not to be called is still honoured.
     fn heed_while_closing(&mut self, heard: &Classification) {
         let refuses = heard.intents.iter().any(|i| {
-            matches!(i, Intent::DoNotCall | Intent::WrittenOnly | Intent::Decline | Intent::HostileHangup)
+            matches!(
+                i,
+                Intent::DoNotCall | Intent::WrittenOnly | Intent::Decline | Intent::HostileHangup
+            )
         });
         if refuses {
             self.mark_do_not_call(&heard.normalized);
@@ -488,10 +523,20 @@ impl Session {
         let outcome = decisive
             .and_then(|intent| self.script.transition(self.state, intent))
             .and_then(|t| match t.next {
-                Next::End { outcome, prefer_pending } => Some(if prefer_pending { self.pending.unwrap_or(outcome) } else { outcome }),
+                Next::End {
+                    outcome,
+                    prefer_pending,
+                } => Some(if prefer_pending {
+                    self.pending.unwrap_or(outcome)
+                } else {
+                    outcome
+                }),
                 _ => None,
             });
-        if let Some(pending) = decisive.and_then(|i| self.script.transition(self.state, i)).and_then(|t| t.pending) {
+        if let Some(pending) = decisive
+            .and_then(|i| self.script.transition(self.state, i))
+            .and_then(|t| t.pending)
+        {
             self.pending = Some(pending);
         }
         if let Some(outcome) = outcome {
@@ -512,8 +557,23 @@ impl Session {
         let id = self.next_utterance;
         self.next_utterance += 1;
         let over_playback = !self.playing.is_empty();
-        self.in_flight.insert(id, InFlight { speech_start, speech_end, over_playback, early: false });
-        self.on_transcript(now, id, Transcript { text: text.to_string(), no_speech_prob: 0.0 });
+        self.in_flight.insert(
+            id,
+            InFlight {
+                speech_start,
+                speech_end,
+                over_playback,
+                early: false,
+            },
+        );
+        self.on_transcript(
+            now,
+            id,
+            Transcript {
+                text: text.to_string(),
+                no_speech_prob: 0.0,
+            },
+        );
     }
 
     /// The clip of `Action::Play { play_id, .. }` has finished playing.
@@ -554,7 +614,9 @@ impl Session {
                 self.utterance_ended(now, origin, utterance);
             }
         }
-        self.phase = Phase::CalleeGone { give_up_at: now + self.config.hangup_grace_ms };
+        self.phase = Phase::CalleeGone {
+            give_up_at: now + self.config.hangup_grace_ms,
+        };
         self.on_tick(now);
     }
 
@@ -590,7 +652,11 @@ impl Session {
             None => {
                 let outcome = self.pending.unwrap_or(Outcome::CalleeHangup);
                 if outcome.adds_to_do_not_call() {
-                    let words = if self.pending.is_some() { self.pending_words.clone() } else { String::new() };
+                    let words = if self.pending.is_some() {
+                        self.pending_words.clone()
+                    } else {
+                        String::new()
+                    };
                     self.mark_do_not_call(&words);
                 }
                 outcome
@@ -715,7 +781,12 @@ mod tests {
         fn new() -> Call {
             let mut session = Session::new("test-call", script(), SessionConfig::default());
             session.start(0);
-            let mut call = Call { session, now: 0, log: Vec::new(), playing: VecDeque::new() };
+            let mut call = Call {
+                session,
+                now: 0,
+                log: Vec::new(),
+                playing: VecDeque::new(),
+            };
             call.drain();
             call
         }
@@ -785,7 +856,10 @@ mod tests {
         }
 
         fn dnc_actions(&self) -> usize {
-            self.log.iter().filter(|a| matches!(a, Action::DoNotCall { .. })).count()
+            self.log
+                .iter()
+                .filter(|a| matches!(a, Action::DoNotCall { .. }))
+                .count()
         }
 
         fn hung_up(&self) -> bool {
@@ -802,8 +876,14 @@ mod tests {
         let mut call = Call::new();
         assert!(matches!(&call.log[0], Action::Play { line, .. } if line == "opening"));
         assert_eq!(call.say("是我，你说"), lines(&["notice"]));
-        assert_eq!(call.say("会续的"), lines(&["renew_howto", "discount", "closing_done"]));
-        assert!(!call.hung_up(), "no hang-up before the closing line has played");
+        assert_eq!(
+            call.say("会续的"),
+            lines(&["renew_howto", "discount", "closing_done"])
+        );
+        assert!(
+            !call.hung_up(),
+            "no hang-up before the closing line has played"
+        );
         call.finish_playback();
         assert!(call.hung_up());
         assert_eq!(call.outcome(), Some(Outcome::SelfService));
@@ -823,8 +903,14 @@ mod tests {
     fn refusal_records_do_not_call_before_the_closing_line() {
         let mut call = Call::new();
         call.say("是我");
-        assert_eq!(call.say("不续了"), lines(&["strong_refusal", "closing_recorded"]));
-        let dnc_at = call.log.iter().position(|a| matches!(a, Action::DoNotCall { .. }));
+        assert_eq!(
+            call.say("不续了"),
+            lines(&["strong_refusal", "closing_recorded"])
+        );
+        let dnc_at = call
+            .log
+            .iter()
+            .position(|a| matches!(a, Action::DoNotCall { .. }));
         let reason = call.log.iter().find_map(|a| match a {
             Action::DoNotCall { reason } => Some(reason.clone()),
             _ => None,
@@ -835,7 +921,10 @@ mod tests {
         let hangup_at = call.log.iter().position(|a| matches!(a, Action::HangUp));
         assert!(dnc_at < hangup_at);
         let summary = call.session.summary().expect("ended");
-        assert_eq!((summary.outcome, summary.do_not_call), (Outcome::Declined, true));
+        assert_eq!(
+            (summary.outcome, summary.do_not_call),
+            (Outcome::Declined, true)
+        );
     }
 
     #[test]
@@ -851,7 +940,11 @@ mod tests {
             call.say(words);
             call.finish_playback();
             let summary = call.session.summary().expect("ended");
-            assert_eq!((summary.outcome, summary.do_not_call), (outcome, dnc), "{words}");
+            assert_eq!(
+                (summary.outcome, summary.do_not_call),
+                (outcome, dnc),
+                "{words}"
+            );
         }
     }
 
@@ -897,7 +990,10 @@ mod tests {
         call.say("行");
         call.finish_playback();
         let summary = call.session.summary().expect("ended");
-        assert_eq!((summary.outcome, summary.do_not_call), (Outcome::DoNotCall, true));
+        assert_eq!(
+            (summary.outcome, summary.do_not_call),
+            (Outcome::DoNotCall, true)
+        );
         assert_eq!(call.dnc_actions(), 1, "recorded once");
     }
 
@@ -934,7 +1030,11 @@ mod tests {
         let closing_at = call.now;
         assert!(closing_at - quiet_from >= 10_000);
         assert!(call.hung_up());
-        assert!(call.log.iter().any(|a| matches!(a, Action::Play { line, .. } if line == "closing_no_answer")));
+        assert!(
+            call.log
+                .iter()
+                .any(|a| matches!(a, Action::Play { line, .. } if line == "closing_no_answer"))
+        );
     }
 
     #[test]
@@ -950,7 +1050,11 @@ mod tests {
         }
         call.wait(200_000);
         assert_eq!(call.outcome(), Some(Outcome::MaxDuration));
-        assert!(call.log.iter().any(|a| matches!(a, Action::Play { line, .. } if line == "closing_time_up")));
+        assert!(
+            call.log
+                .iter()
+                .any(|a| matches!(a, Action::Play { line, .. } if line == "closing_time_up"))
+        );
     }
 
     #[test]
@@ -960,7 +1064,10 @@ mod tests {
         call.session.on_hangup(call.now);
         call.drain();
         let summary = call.session.summary().expect("ended");
-        assert_eq!((summary.outcome, summary.do_not_call), (Outcome::CalleeHangup, true));
+        assert_eq!(
+            (summary.outcome, summary.do_not_call),
+            (Outcome::CalleeHangup, true)
+        );
         assert!(!call.hung_up(), "the callee hung up, not the bot");
     }
 
@@ -970,10 +1077,25 @@ mod tests {
         session.start(0);
         session.on_playback_finished(5_000, 1);
         // The transcript arrives after the line went dead.
-        session.in_flight.insert(99, InFlight { speech_start: 5_400, speech_end: 6_400, over_playback: false, early: false });
+        session.in_flight.insert(
+            99,
+            InFlight {
+                speech_start: 5_400,
+                speech_end: 6_400,
+                over_playback: false,
+                early: false,
+            },
+        );
         session.on_hangup(6_500);
         assert!(!session.is_ended(), "waits for the transcript");
-        session.on_transcript(6_900, 99, Transcript { text: "烦死了，我挂了".into(), no_speech_prob: 0.0 });
+        session.on_transcript(
+            6_900,
+            99,
+            Transcript {
+                text: "烦死了，我挂了".into(),
+                no_speech_prob: 0.0,
+            },
+        );
         assert!(session.is_ended());
         assert_eq!(session.summary().map(|s| s.outcome), Some(Outcome::Hostile));
     }
@@ -982,9 +1104,15 @@ mod tests {
     fn backchannel_over_a_clip_is_ignored_but_a_real_answer_stops_it() {
         let mut call = Call::new();
         call.say("是我");
-        assert!(call.say_now("嗯").is_empty(), "嗯 over the notice does nothing");
+        assert!(
+            call.say_now("嗯").is_empty(),
+            "嗯 over the notice does nothing"
+        );
         assert!(!call.log.iter().any(|a| matches!(a, Action::StopPlayback)));
-        assert_eq!(call.say_now("不用了不续了"), lines(&["strong_refusal", "closing_recorded"]));
+        assert_eq!(
+            call.say_now("不用了不续了"),
+            lines(&["strong_refusal", "closing_recorded"])
+        );
         assert!(call.log.iter().any(|a| matches!(a, Action::StopPlayback)));
     }
 
@@ -999,7 +1127,8 @@ mod tests {
                 let s: f32 = (1..=12)
                     .map(|h| {
                         let f = 140.0 * h as f32;
-                        let formant = (-(f - 700.0).powi(2) / 2e5).exp() + 0.6 * (-(f - 1_200.0).powi(2) / 3e5).exp();
+                        let formant = (-(f - 700.0).powi(2) / 2e5).exp()
+                            + 0.6 * (-(f - 1_200.0).powi(2) / 3e5).exp();
                         formant * (2.0 * std::f32::consts::PI * f * t).sin()
                     })
                     .sum();
@@ -1029,15 +1158,25 @@ mod tests {
         let (now, actions) = feed(&mut session, 0, &vec![0; 8 * 500]);
         assert!(actions.is_empty(), "{actions:?}");
         let (now, actions) = feed(&mut session, now, &voiced(1_500));
-        assert!(actions.iter().any(|a| matches!(a, Action::StopPlayback)), "{actions:?}");
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::StopPlayback)),
+            "{actions:?}"
+        );
         let (_, actions) = feed(&mut session, now, &vec![0; 8 * 1_000]);
         let recognize = actions.iter().find_map(|a| match a {
-            Action::Recognize { audio_16k, speech_end, .. } => Some((audio_16k.len(), *speech_end)),
+            Action::Recognize {
+                audio_16k,
+                speech_end,
+                ..
+            } => Some((audio_16k.len(), *speech_end)),
             _ => None,
         });
         let (samples, speech_end) = recognize.expect("the utterance goes to the recognizer");
         assert!(samples > 16 * 1_000, "{samples}");
-        assert!((1_700..=2_200).contains(&speech_end), "speech ended at {speech_end}");
+        assert!(
+            (1_700..=2_200).contains(&speech_end),
+            "speech ended at {speech_end}"
+        );
     }
 
     #[test]
@@ -1048,7 +1187,10 @@ mod tests {
         let (now, _) = feed(&mut session, 0, &vec![0; 8 * 300]);
         let (now, mut actions) = feed(&mut session, now, &voiced(300));
         actions.extend(feed(&mut session, now, &vec![0; 8 * 1_000]).1);
-        assert!(!actions.iter().any(|a| matches!(a, Action::StopPlayback)), "{actions:?}");
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::StopPlayback)),
+            "{actions:?}"
+        );
     }
 
     fn recognize_ids(actions: &[Action]) -> Vec<UtteranceId> {
@@ -1071,12 +1213,34 @@ mod tests {
         let (now, _) = feed(&mut session, now, &voiced(1_200));
         let (now, actions) = feed(&mut session, now, &vec![0; 8 * 400]);
         let early = recognize_ids(&actions);
-        assert_eq!(early.len(), 1, "sent early, before the utterance ended: {actions:?}");
-        session.on_transcript(now, early[0], Transcript { text: "是我".into(), no_speech_prob: 0.0 });
-        assert!(session.poll_action().is_none(), "no answer before the end-of-utterance silence");
+        assert_eq!(
+            early.len(),
+            1,
+            "sent early, before the utterance ended: {actions:?}"
+        );
+        session.on_transcript(
+            now,
+            early[0],
+            Transcript {
+                text: "是我".into(),
+                no_speech_prob: 0.0,
+            },
+        );
+        assert!(
+            session.poll_action().is_none(),
+            "no answer before the end-of-utterance silence"
+        );
         let (_, actions) = feed(&mut session, now, &vec![0; 8 * 400]);
-        assert!(recognize_ids(&actions).is_empty(), "not recognized twice: {actions:?}");
-        assert!(actions.iter().any(|a| matches!(a, Action::Play { line, .. } if line == "notice")), "{actions:?}");
+        assert!(
+            recognize_ids(&actions).is_empty(),
+            "not recognized twice: {actions:?}"
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Play { line, .. } if line == "notice")),
+            "{actions:?}"
+        );
     }
 
     #[test]
@@ -1090,13 +1254,33 @@ mod tests {
         let (now, actions) = feed(&mut session, now, &vec![0; 8 * 400]);
         let early = recognize_ids(&actions);
         assert_eq!(early.len(), 1);
-        session.on_transcript(now, early[0], Transcript { text: "嗯".into(), no_speech_prob: 0.0 });
+        session.on_transcript(
+            now,
+            early[0],
+            Transcript {
+                text: "嗯".into(),
+                no_speech_prob: 0.0,
+            },
+        );
         let (now, _) = feed(&mut session, now, &voiced(1_000));
         let (now, actions) = feed(&mut session, now, &vec![0; 8 * 800]);
         let fresh = recognize_ids(&actions);
-        assert!(!fresh.is_empty() && !fresh.contains(&early[0]), "{actions:?}");
-        assert!(!actions.iter().any(|a| matches!(a, Action::Turn(_))), "the early 嗯 is not a turn");
-        session.on_transcript(now, *fresh.last().expect("fresh"), Transcript { text: "嗯，是我，你说".into(), no_speech_prob: 0.0 });
+        assert!(
+            !fresh.is_empty() && !fresh.contains(&early[0]),
+            "{actions:?}"
+        );
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Turn(_))),
+            "the early 嗯 is not a turn"
+        );
+        session.on_transcript(
+            now,
+            *fresh.last().expect("fresh"),
+            Transcript {
+                text: "嗯，是我，你说".into(),
+                no_speech_prob: 0.0,
+            },
+        );
         let mut turns = 0;
         while let Some(action) = session.poll_action() {
             turns += usize::from(matches!(action, Action::Turn(_)));
@@ -1142,7 +1326,9 @@ mod tests {
         let script = script();
         for (index, state) in script.states.iter().enumerate() {
             for intent in Intent::ALL {
-                let Some(transition) = script.transition(index, *intent) else { continue };
+                let Some(transition) = script.transition(index, *intent) else {
+                    continue;
+                };
                 let mut call = Call::new();
                 for text in path_to(&state.name) {
                     call.say(text);
@@ -1153,15 +1339,33 @@ mod tests {
                 let said = call.say(sample(*intent));
                 let mut expected = transition.say.clone();
                 if !call.session.resisted || transition.say_if_no_resistance.is_empty() {
-                    expected.extend(transition.say_if_no_resistance.iter().cloned().filter(|_| !call.session.resisted));
+                    expected.extend(
+                        transition
+                            .say_if_no_resistance
+                            .iter()
+                            .cloned()
+                            .filter(|_| !call.session.resisted),
+                    );
                 }
                 match &transition.next {
-                    Next::End { outcome, prefer_pending } => {
-                        let outcome = if *prefer_pending { call.session.pending.unwrap_or(*outcome) } else { *outcome };
+                    Next::End {
+                        outcome,
+                        prefer_pending,
+                    } => {
+                        let outcome = if *prefer_pending {
+                            call.session.pending.unwrap_or(*outcome)
+                        } else {
+                            *outcome
+                        };
                         expected.extend(script.closing[&outcome].iter().cloned());
                         assert_eq!(said, expected, "{} --{intent}-->", state.name);
                         call.finish_playback();
-                        assert_eq!(call.outcome(), Some(outcome), "{} --{intent}-->", state.name);
+                        assert_eq!(
+                            call.outcome(),
+                            Some(outcome),
+                            "{} --{intent}-->",
+                            state.name
+                        );
                         assert!(call.hung_up());
                     }
                     Next::State(next) => {

@@ -102,7 +102,9 @@ impl Endpointer {
 
     /// Voiced time of the utterance in progress (0 when the callee is silent).
     pub fn voiced_ms(&self) -> u64 {
-        self.speech.as_ref().map_or(0, |s| Self::frame_ms(s.voiced_frames))
+        self.speech
+            .as_ref()
+            .map_or(0, |s| Self::frame_ms(s.voiced_frames))
     }
 
     pub fn in_speech(&self) -> bool {
@@ -116,7 +118,10 @@ impl Endpointer {
         let mut consumed = 0;
         while self.pending.len() - consumed >= VAD_FRAME {
             // Resampling can overshoot full scale a little; earshot wants [-1, 1].
-            let frame: Vec<f32> = self.pending[consumed..consumed + VAD_FRAME].iter().map(|s| s.clamp(-1.0, 1.0)).collect();
+            let frame: Vec<f32> = self.pending[consumed..consumed + VAD_FRAME]
+                .iter()
+                .map(|s| s.clamp(-1.0, 1.0))
+                .collect();
             consumed += VAD_FRAME;
             if let Some(event) = self.push_frame(frame) {
                 events.push(event);
@@ -156,14 +161,28 @@ impl Endpointer {
             self.recent.pop_front();
         }
         let window = self.frames(self.config.onset_window_ms) as usize;
-        let voiced_in_window = self.recent.iter().rev().take(window).filter(|(_, v)| *v).count() as u64;
+        let voiced_in_window = self
+            .recent
+            .iter()
+            .rev()
+            .take(window)
+            .filter(|(_, v)| *v)
+            .count() as u64;
         if !voiced || voiced_in_window < self.frames(self.config.onset_ms) {
             return None;
         }
         // Onset: the utterance starts at the first voiced frame of the window, and keeps
         // the pre-roll before it.
-        let first_voiced_back =
-            self.recent.iter().rev().take(window).enumerate().filter(|(_, (_, v))| *v).map(|(i, _)| i).max().unwrap_or(0);
+        let first_voiced_back = self
+            .recent
+            .iter()
+            .rev()
+            .take(window)
+            .enumerate()
+            .filter(|(_, (_, v))| *v)
+            .map(|(i, _)| i)
+            .max()
+            .unwrap_or(0);
         let start_frame = index - first_voiced_back as u64;
         let audio: Vec<f32> = self.recent.drain(..).flat_map(|(f, _)| f).collect();
         self.speech = Some(Speech {
@@ -173,7 +192,9 @@ impl Endpointer {
             silent_run: 0,
             audio,
         });
-        Some(VadEvent::SpeechStarted { at_ms: Self::frame_ms(start_frame) })
+        Some(VadEvent::SpeechStarted {
+            at_ms: Self::frame_ms(start_frame),
+        })
     }
 
     fn finish(&mut self) -> Option<VadEvent> {
@@ -190,7 +211,8 @@ impl Endpointer {
         let tail_frames = self.frames(200);
         let keep_frames = speech.last_voiced_frame + 1 + tail_frames;
         let first_audio_frame = self.frames_seen - (speech.audio.len() / VAD_FRAME) as u64;
-        let keep = ((keep_frames.saturating_sub(first_audio_frame)) as usize * VAD_FRAME).min(speech.audio.len());
+        let keep = ((keep_frames.saturating_sub(first_audio_frame)) as usize * VAD_FRAME)
+            .min(speech.audio.len());
         Utterance {
             start_ms: Self::frame_ms(speech.start_frame),
             end_ms: Self::frame_ms(speech.last_voiced_frame + 1),
@@ -201,14 +223,17 @@ impl Endpointer {
 
     /// Silence so far inside the utterance in progress (0 when not in speech).
     pub fn trailing_silence_ms(&self) -> u64 {
-        self.speech.as_ref().map_or(0, |s| Self::frame_ms(s.silent_run))
+        self.speech
+            .as_ref()
+            .map_or(0, |s| Self::frame_ms(s.silent_run))
     }
 
     /// The utterance in progress as it would end now, if it is long enough to count: lets
     /// the caller start recognizing before the end-of-utterance silence is complete.
     pub fn peek(&self) -> Option<Utterance> {
         let speech = self.speech.as_ref()?;
-        (speech.voiced_frames >= self.frames(self.config.min_voiced_ms)).then(|| self.utterance_of(speech))
+        (speech.voiced_frames >= self.frames(self.config.min_voiced_ms))
+            .then(|| self.utterance_of(speech))
     }
 
     /// Ends any utterance in progress (the call is over).
@@ -236,7 +261,8 @@ mod tests {
                 let source: f32 = (1..=12)
                     .map(|h| {
                         let f = f0 * h as f32;
-                        let formant = (-(f - 700.0).powi(2) / 2e5).exp() + 0.6 * (-(f - 1_200.0).powi(2) / 3e5).exp();
+                        let formant = (-(f - 700.0).powi(2) / 2e5).exp()
+                            + 0.6 * (-(f - 1_200.0).powi(2) / 3e5).exp();
                         formant * (2.0 * std::f32::consts::PI * f * t).sin()
                     })
                     .sum();
@@ -312,6 +338,14 @@ mod tests {
         audio.extend(synthetic_speech(700, 4));
         audio.extend(silence(1_500));
         let utterances = run(&audio);
-        assert_eq!(utterances.len(), 2, "{:?}", utterances.iter().map(|u| (u.start_ms, u.end_ms)).collect::<Vec<_>>());
+        assert_eq!(
+            utterances.len(),
+            2,
+            "{:?}",
+            utterances
+                .iter()
+                .map(|u| (u.start_ms, u.end_ms))
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -16,7 +16,11 @@ fn bot(args: &[&str], db: &Path) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 #[test]
@@ -25,7 +29,15 @@ fn help_explains_every_command() {
     let out = bot(&["--help"], &dir.path().join("db.sqlite"));
     assert!(out.status.success());
     let help = text(&out);
-    for command in ["eval", "serve", "call", "dnc", "calls", "transcribe", "check"] {
+    for command in [
+        "eval",
+        "serve",
+        "call",
+        "dnc",
+        "calls",
+        "transcribe",
+        "check",
+    ] {
         assert!(help.contains(command), "--help lacks {command}: {help}");
     }
 }
@@ -34,13 +46,20 @@ fn help_explains_every_command() {
 fn do_not_call_list_survives_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("data/bot.sqlite");
-    let out = bot(&["dnc", "add", "+86 138-0000-0000", "--reason", "以后别打了"], &db);
+    let out = bot(
+        &["dnc", "add", "+86 138-0000-0000", "--reason", "以后别打了"],
+        &db,
+    );
     assert!(out.status.success(), "{}", text(&out));
     let out = bot(&["dnc", "list", "--json"], &db);
     assert!(out.status.success(), "{}", text(&out));
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dnc list --json is JSON");
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("dnc list --json is JSON");
     let listed = list.to_string();
-    assert!(listed.contains("+8613800000000") && listed.contains("以后别打了"), "{listed}");
+    assert!(
+        listed.contains("+8613800000000") && listed.contains("以后别打了"),
+        "{listed}"
+    );
     let out = bot(&["calls", "list", "--json"], &db);
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("calls list --json is JSON");
@@ -52,14 +71,28 @@ fn eval_rejects_a_manifest_with_a_missing_file_or_unknown_label() {
     let manifest = dir.path().join("m.toml");
     std::fs::write(&manifest, "[[case]]\nname = \"a\"\noutcome = \"self_service\"\n[[case.turn]]\naudio = \"gone.wav\"\nintent = \"acknowledge\"\n")
         .expect("write");
-    let out = bot(&["eval", manifest.to_str().expect("utf-8 path")], &dir.path().join("db"));
+    let out = bot(
+        &["eval", manifest.to_str().expect("utf-8 path")],
+        &dir.path().join("db"),
+    );
     assert!(!out.status.success());
-    assert!(text(&out).contains("gone.wav") && text(&out).contains("does not exist"), "{}", text(&out));
+    assert!(
+        text(&out).contains("gone.wav") && text(&out).contains("does not exist"),
+        "{}",
+        text(&out)
+    );
 
     std::fs::write(&manifest, "[[case]]\nname = \"a\"\noutcome = \"renewed\"\n").expect("write");
-    let out = bot(&["eval", manifest.to_str().expect("utf-8 path")], &dir.path().join("db"));
+    let out = bot(
+        &["eval", manifest.to_str().expect("utf-8 path")],
+        &dir.path().join("db"),
+    );
     assert!(!out.status.success());
-    assert!(text(&out).contains("renewed") && text(&out).contains("m.toml:3"), "{}", text(&out));
+    assert!(
+        text(&out).contains("renewed") && text(&out).contains("m.toml:3"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -74,10 +107,16 @@ fn eval_names_a_truncated_or_empty_wav() {
             format!("[[case]]\nname = \"a\"\noutcome = \"self_service\"\n[[case.turn]]\naudio = \"{wav}\"\ntext = \"好\"\nintent = \"acknowledge\"\n"),
         )
         .expect("write");
-        let out = bot(&["eval", manifest.to_str().expect("utf-8 path")], &dir.path().join("db"));
+        let out = bot(
+            &["eval", manifest.to_str().expect("utf-8 path")],
+            &dir.path().join("db"),
+        );
         assert!(!out.status.success(), "{wav} accepted");
         let message = text(&out);
-        assert!(message.contains(wav) && message.contains("turn 1"), "{message}");
+        assert!(
+            message.contains(wav) && message.contains("turn 1"),
+            "{message}"
+        );
         assert!(!message.contains("panicked"), "{message}");
     }
 }
@@ -94,9 +133,18 @@ fn eval_from_text_writes_the_contract_report() {
     )
     .expect("write");
     let report = dir.path().join("r.json");
-    let out = bot(&["eval", manifest.to_str().expect("utf-8"), "--json", report.to_str().expect("utf-8")], &dir.path().join("db"));
+    let out = bot(
+        &[
+            "eval",
+            manifest.to_str().expect("utf-8"),
+            "--json",
+            report.to_str().expect("utf-8"),
+        ],
+        &dir.path().join("db"),
+    );
     assert!(out.status.success(), "{}", text(&out));
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).expect("report written")).expect("JSON");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report written")).expect("JSON");
     assert_eq!(json["summary"]["outcome_correct"], 1);
     assert_eq!(json["summary"]["intent_correct"], 2);
     assert_eq!(json["cases"][0]["outcome"], "declined");

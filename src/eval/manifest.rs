@@ -12,11 +12,18 @@ use crate::labels::{Intent, Outcome};
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read the manifest {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid manifest: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}:{line}: {message}")]
-    Invalid { path: PathBuf, line: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
 }
 
 /// What the callee does after the last turn.
@@ -86,14 +93,19 @@ enum OneOrMany {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.into(), source })?;
+        let source = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.into(),
+            source,
+        })?;
         Manifest::parse(&source, path)
     }
 
     /// Parses manifest text; audio paths are resolved against `path`'s folder and must exist.
     pub fn parse(source: &str, path: &Path) -> Result<Manifest, ManifestError> {
-        let file: File = toml::from_str(source)
-            .map_err(|e| ManifestError::Syntax { path: path.into(), message: e.to_string() })?;
+        let file: File = toml::from_str(source).map_err(|e| ManifestError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let invalid = |span: std::ops::Range<usize>, message: String| ManifestError::Invalid {
             path: path.into(),
@@ -111,10 +123,16 @@ impl Manifest {
         for entry in file.case {
             let name = entry.name.get_ref().trim().to_string();
             if name.is_empty() {
-                return Err(invalid(entry.name.span(), "a case needs a non-empty name".into()));
+                return Err(invalid(
+                    entry.name.span(),
+                    "a case needs a non-empty name".into(),
+                ));
             }
             if !names.insert(name.clone()) {
-                return Err(invalid(entry.name.span(), format!("case name `{name}` is used twice; names must be unique")));
+                return Err(invalid(
+                    entry.name.span(),
+                    format!("case name `{name}` is used twice; names must be unique"),
+                ));
             }
             let outcome: Outcome = entry
                 .outcome
@@ -126,7 +144,12 @@ impl Manifest {
                 Some("hangup") => CallEnd::Hangup,
                 Some(other) => {
                     let span = entry.end.as_ref().map_or(0..0, |e| e.span());
-                    return Err(invalid(span, format!("case `{name}`: end = \"{other}\" is not one of \"silent\", \"hangup\"")));
+                    return Err(invalid(
+                        span,
+                        format!(
+                            "case `{name}`: end = \"{other}\" is not one of \"silent\", \"hangup\""
+                        ),
+                    ));
                 }
             };
             let mut turns = Vec::with_capacity(entry.turn.len());
@@ -136,20 +159,32 @@ impl Manifest {
                     OneOrMany::Many(labels) => labels.clone(),
                 };
                 if labels.is_empty() {
-                    return Err(invalid(turn.intent.span(), format!("case `{name}` turn {}: intent list is empty", index + 1)));
+                    return Err(invalid(
+                        turn.intent.span(),
+                        format!("case `{name}` turn {}: intent list is empty", index + 1),
+                    ));
                 }
                 let intents = labels
                     .iter()
                     .map(|l| l.parse::<Intent>())
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| invalid(turn.intent.span(), format!("case `{name}` turn {}: {e}", index + 1)))?;
+                    .map_err(|e| {
+                        invalid(
+                            turn.intent.span(),
+                            format!("case `{name}` turn {}: {e}", index + 1),
+                        )
+                    })?;
                 let audio = match &turn.audio {
                     Some(audio) => {
                         let resolved = base.join(audio.get_ref());
                         if !resolved.is_file() {
                             return Err(invalid(
                                 audio.span(),
-                                format!("case `{name}` turn {}: audio file {} does not exist", index + 1, resolved.display()),
+                                format!(
+                                    "case `{name}` turn {}: audio file {} does not exist",
+                                    index + 1,
+                                    resolved.display()
+                                ),
                             ));
                         }
                         Some(resolved)
@@ -157,7 +192,13 @@ impl Manifest {
                     None => None,
                 };
                 if audio.is_none() && turn.text.as_deref().is_none_or(|t| t.trim().is_empty()) {
-                    return Err(invalid(turn.intent.span(), format!("case `{name}` turn {}: a turn needs `audio` or `text`", index + 1)));
+                    return Err(invalid(
+                        turn.intent.span(),
+                        format!(
+                            "case `{name}` turn {}: a turn needs `audio` or `text`",
+                            index + 1
+                        ),
+                    ));
                 }
                 turns.push(Turn {
                     audio_name: turn.audio.map(|a| a.into_inner()),
@@ -166,9 +207,18 @@ impl Manifest {
                     intents,
                 });
             }
-            cases.push(Case { name, outcome, dnc: entry.dnc, end, turns });
+            cases.push(Case {
+                name,
+                outcome,
+                dnc: entry.dnc,
+                end,
+                turns,
+            });
         }
-        Ok(Manifest { path: path.into(), cases })
+        Ok(Manifest {
+            path: path.into(),
+            cases,
+        })
     }
 
     pub fn turn_count(&self) -> usize {
@@ -211,7 +261,10 @@ intent = "acknowledge"
         .expect("valid");
         assert_eq!(m.cases.len(), 2);
         assert_eq!(m.turn_count(), 3);
-        assert_eq!(m.cases[0].turns[1].intents, vec![Intent::WrittenOnly, Intent::DoNotCall]);
+        assert_eq!(
+            m.cases[0].turns[1].intents,
+            vec![Intent::WrittenOnly, Intent::DoNotCall]
+        );
         assert_eq!(m.cases[0].end, CallEnd::Silent);
         assert_eq!(m.cases[1].end, CallEnd::Hangup);
         assert_eq!(m.cases[1].dnc, None);
@@ -219,12 +272,20 @@ intent = "acknowledge"
 
     #[test]
     fn unknown_labels_name_the_case_and_line() {
-        let err = parse("[[case]]\nname = \"x\"\noutcome = \"maybe\"\n").unwrap_err().to_string();
-        assert!(err.contains(":3:") && err.contains("maybe") && err.contains("self_service"), "{err}");
+        let err = parse("[[case]]\nname = \"x\"\noutcome = \"maybe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":3:") && err.contains("maybe") && err.contains("self_service"),
+            "{err}"
+        );
         let err = parse("[[case]]\nname = \"x\"\noutcome = \"hostile\"\n[[case.turn]]\ntext = \"嗯\"\nintent = \"grumble\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains(":6:") && err.contains("grumble") && err.contains("turn 1"), "{err}");
+        assert!(
+            err.contains(":6:") && err.contains("grumble") && err.contains("turn 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -232,7 +293,10 @@ intent = "acknowledge"
         let err = parse("[[case]]\nname = \"x\"\noutcome = \"hostile\"\n[[case.turn]]\naudio = \"wav/none.wav\"\nintent = \"busy\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("wav/none.wav") && err.contains("does not exist"), "{err}");
+        assert!(
+            err.contains("wav/none.wav") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -242,8 +306,19 @@ intent = "acknowledge"
         let end = "[[case]]\nname = \"x\"\noutcome = \"hostile\"\nend = \"abrupt\"\n";
         assert!(parse(end).unwrap_err().to_string().contains("abrupt"));
         assert!(parse("").unwrap_err().to_string().contains("no [[case]]"));
-        assert!(parse("[[case]\n").unwrap_err().to_string().contains("not a valid manifest"));
-        let no_input = "[[case]]\nname = \"x\"\noutcome = \"hostile\"\n[[case.turn]]\nintent = \"busy\"\n";
-        assert!(parse(no_input).unwrap_err().to_string().contains("needs `audio` or `text`"));
+        assert!(
+            parse("[[case]\n")
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid manifest")
+        );
+        let no_input =
+            "[[case]]\nname = \"x\"\noutcome = \"hostile\"\n[[case.turn]]\nintent = \"busy\"\n";
+        assert!(
+            parse(no_input)
+                .unwrap_err()
+                .to_string()
+                .contains("needs `audio` or `text`")
+        );
     }
 }

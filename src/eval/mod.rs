@@ -22,10 +22,19 @@ pub enum EvalError {
     #[error(transparent)]
     Manifest(#[from] manifest::ManifestError),
     #[error("case `{case}` turn {turn}: {source}")]
-    Audio { case: String, turn: usize, source: wav::WavError },
+    Audio {
+        case: String,
+        turn: usize,
+        source: wav::WavError,
+    },
     #[error("case `{case}`: recognition failed: {source}")]
-    Recognition { case: String, source: crate::asr::AsrError },
-    #[error("the script says lines that have no clip in the clip library: {0} (re-render the clips: tools/tts/render_clips.py)")]
+    Recognition {
+        case: String,
+        source: crate::asr::AsrError,
+    },
+    #[error(
+        "the script says lines that have no clip in the clip library: {0} (re-render the clips: tools/tts/render_clips.py)"
+    )]
     MissingClips(String),
 }
 
@@ -49,7 +58,11 @@ fn inputs_of(case: &manifest::Case, text_only: bool) -> Result<Vec<TurnInput>, E
                 (Some(path), _) if !use_text => {
                     let audio = wav::read_mono(path)
                         .and_then(|a| a.to_rate(crate::audio::PHONE_RATE))
-                        .map_err(|source| EvalError::Audio { case: case.name.clone(), turn: index + 1, source })?;
+                        .map_err(|source| EvalError::Audio {
+                            case: case.name.clone(),
+                            turn: index + 1,
+                            source,
+                        })?;
                     Ok(TurnInput::Audio(simulate::telephone_line(&audio.to_i16())))
                 }
                 (_, text) => Ok(TurnInput::Text(text.clone().unwrap_or_default())),
@@ -60,9 +73,17 @@ fn inputs_of(case: &manifest::Case, text_only: bool) -> Result<Vec<TurnInput>, E
 
 /// Checks that every line the script can say has a clip (durations drive the clock).
 pub fn check_clips(script: &Script, clips: &ClipLibrary) -> Result<(), EvalError> {
-    let mut missing: Vec<&str> = script.spoken_lines().into_iter().filter(|id| clips.get(id).is_none()).collect();
+    let mut missing: Vec<&str> = script
+        .spoken_lines()
+        .into_iter()
+        .filter(|id| clips.get(id).is_none())
+        .collect();
     missing.sort_unstable();
-    if missing.is_empty() { Ok(()) } else { Err(EvalError::MissingClips(missing.join(", "))) }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(EvalError::MissingClips(missing.join(", ")))
+    }
 }
 
 /// Runs every case of `manifest`. Audio is read up front so a bad file fails fast.
@@ -84,7 +105,10 @@ pub fn run(
         let span = tracing::info_span!("eval_case", call_id = %case.name);
         let _entered = span.enter();
         let result = simulate::run_case(case, inputs, script, clips, transcriber, &options.session)
-            .map_err(|source| EvalError::Recognition { case: case.name.clone(), source })?;
+            .map_err(|source| EvalError::Recognition {
+                case: case.name.clone(),
+                source,
+            })?;
         let turns = case
             .turns
             .iter()
@@ -93,7 +117,11 @@ pub fn run(
                 audio: turn.audio_name.clone(),
                 text: turn.text.clone(),
                 transcript: got.transcript.clone(),
-                expected_intent: turn.intents.iter().map(|i| i.as_str().to_string()).collect(),
+                expected_intent: turn
+                    .intents
+                    .iter()
+                    .map(|i| i.as_str().to_string())
+                    .collect(),
                 intent: got.intent.map(|i| i.as_str().to_string()),
                 reached: got.reached,
                 reply_latency_ms: got.reply_latency_ms,

@@ -57,7 +57,11 @@ pub struct TurnReport {
 
 impl TurnReport {
     pub fn intent_correct(&self) -> bool {
-        self.reached && self.intent.as_ref().is_some_and(|i| self.expected_intent.contains(i))
+        self.reached
+            && self
+                .intent
+                .as_ref()
+                .is_some_and(|i| self.expected_intent.contains(i))
     }
 }
 
@@ -86,7 +90,12 @@ impl Report {
         let (errors, reference) = turns
             .iter()
             .filter(|t| t.audio_fed && t.reached)
-            .filter_map(|t| Some(text::char_errors(t.text.as_deref()?, t.transcript.as_deref().unwrap_or(""))))
+            .filter_map(|t| {
+                Some(text::char_errors(
+                    t.text.as_deref()?,
+                    t.transcript.as_deref().unwrap_or(""),
+                ))
+            })
             .fold((0usize, 0usize), |(e, r), (te, tr)| (e + te, r + tr));
         let mut latencies: Vec<u64> = turns.iter().filter_map(|t| t.reply_latency_ms).collect();
         latencies.sort_unstable();
@@ -96,9 +105,19 @@ impl Report {
             turns: turns.len(),
             intent_correct: turns.iter().filter(|t| t.intent_correct()).count(),
             dnc_total: cases.iter().filter(|c| c.expected_dnc.is_some()).count(),
-            dnc_correct: cases.iter().filter(|c| c.dnc_correct() == Some(true)).count(),
-            cer: if reference == 0 { 0.0 } else { (errors as f64 / reference as f64 * 10_000.0).round() / 10_000.0 },
-            reply_latency_ms: Latency { p50: percentile(&latencies, 50.0), p95: percentile(&latencies, 95.0) },
+            dnc_correct: cases
+                .iter()
+                .filter(|c| c.dnc_correct() == Some(true))
+                .count(),
+            cer: if reference == 0 {
+                0.0
+            } else {
+                (errors as f64 / reference as f64 * 10_000.0).round() / 10_000.0
+            },
+            reply_latency_ms: Latency {
+                p50: percentile(&latencies, 50.0),
+                p95: percentile(&latencies, 95.0),
+            },
         };
         Report { summary, cases }
     }
@@ -107,7 +126,14 @@ impl Report {
     pub fn render_table(&self) -> String {
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED);
-        table.set_header(["case", "expected", "got", "intents", "dnc", "wrong turns (expected → got: transcript)"]);
+        table.set_header([
+            "case",
+            "expected",
+            "got",
+            "intents",
+            "dnc",
+            "wrong turns (expected → got: transcript)",
+        ]);
         for case in &self.cases {
             let ok = case.outcome_correct();
             let right = case.turns.iter().filter(|t| t.intent_correct()).count();
@@ -121,19 +147,27 @@ impl Report {
                         "{}: {} → {}: {}",
                         i + 1,
                         t.expected_intent.join("|"),
-                        t.intent.as_deref().unwrap_or(if t.reached { "-" } else { "not reached" }),
+                        t.intent
+                            .as_deref()
+                            .unwrap_or(if t.reached { "-" } else { "not reached" }),
                         t.transcript.as_deref().unwrap_or("")
                     )
                 })
                 .collect();
             let dnc = match case.expected_dnc {
-                Some(expected) if expected != case.dnc => format!("{} (want {})", case.dnc, expected),
+                Some(expected) if expected != case.dnc => {
+                    format!("{} (want {})", case.dnc, expected)
+                }
                 _ => case.dnc.to_string(),
             };
             table.add_row(vec![
                 Cell::new(&case.name),
                 Cell::new(&case.expected_outcome),
-                Cell::new(case.outcome.as_deref().unwrap_or("(none)")).fg(if ok { Color::Green } else { Color::Red }),
+                Cell::new(case.outcome.as_deref().unwrap_or("(none)")).fg(if ok {
+                    Color::Green
+                } else {
+                    Color::Red
+                }),
                 Cell::new(format!("{right}/{}", case.turns.len())),
                 Cell::new(dnc),
                 Cell::new(wrong.join("\n")),
@@ -206,15 +240,41 @@ mod tests {
         };
         let report = Report::from_cases(vec![case]);
         let s = &report.summary;
-        assert_eq!((s.cases, s.outcome_correct, s.turns, s.intent_correct, s.dnc_total, s.dnc_correct), (1, 1, 3, 2, 1, 1));
+        assert_eq!(
+            (
+                s.cases,
+                s.outcome_correct,
+                s.turns,
+                s.intent_correct,
+                s.dnc_total,
+                s.dnc_correct
+            ),
+            (1, 1, 3, 2, 1, 1)
+        );
         assert!((s.cer - 1.0 / 3.0).abs() < 1e-3, "{}", s.cer);
         let json: serde_json::Value = serde_json::to_value(&report).expect("serializes");
-        for key in ["cases", "outcome_correct", "turns", "intent_correct", "dnc_total", "dnc_correct", "cer"] {
+        for key in [
+            "cases",
+            "outcome_correct",
+            "turns",
+            "intent_correct",
+            "dnc_total",
+            "dnc_correct",
+            "cer",
+        ] {
             assert!(json["summary"][key].is_number(), "{key}");
         }
         assert!(json["summary"]["reply_latency_ms"]["p95"].is_number());
         let t = &json["cases"][0]["turns"][0];
-        for key in ["audio", "text", "transcript", "expected_intent", "intent", "reached", "reply_latency_ms"] {
+        for key in [
+            "audio",
+            "text",
+            "transcript",
+            "expected_intent",
+            "intent",
+            "reached",
+            "reply_latency_ms",
+        ] {
             assert!(!t[key].is_null(), "{key}");
         }
         assert!(t.get("audio_fed").is_none());

@@ -64,7 +64,10 @@ pub struct CaseOutcome {
 
 /// Converts audio at any rate to what the phone line carries: 8 kHz, through μ-law.
 pub fn telephone_line(audio_8k: &[i16]) -> Vec<i16> {
-    audio_8k.iter().map(|&s| mulaw::decode(mulaw::encode(s))).collect()
+    audio_8k
+        .iter()
+        .map(|&s| mulaw::decode(mulaw::encode(s)))
+        .collect()
 }
 
 /// Where speech ends in a turn's audio (ms from its start): the end of the last 20 ms
@@ -73,14 +76,19 @@ pub fn telephone_line(audio_8k: &[i16]) -> Vec<i16> {
 pub fn speech_end_ms(samples_8k: &[i16]) -> u64 {
     let energies: Vec<f64> = samples_8k
         .chunks(FRAME_SAMPLES)
-        .map(|w| w.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / w.len().max(1) as f64)
+        .map(|w| {
+            w.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / w.len().max(1) as f64
+        })
         .collect();
     let peak = energies.iter().copied().fold(0.0, f64::max);
     if peak <= 0.0 {
         return 0;
     }
     let floor = peak * 10f64.powf(-3.5);
-    energies.iter().rposition(|&e| e >= floor).map_or(0, |i| (i as u64 + 1) * FRAME_MS)
+    energies
+        .iter()
+        .rposition(|&e| e >= floor)
+        .map_or(0, |i| (i as u64 + 1) * FRAME_MS)
 }
 
 struct Playing {
@@ -129,17 +137,28 @@ impl Line<'_> {
             match action {
                 Action::Play { play_id, line } => {
                     let remaining_ms = self.clips.get(&line).map_or(0, |c| c.duration_ms);
-                    self.queue.push_back(Playing { play_id, remaining_ms, started_at: None });
+                    self.queue.push_back(Playing {
+                        play_id,
+                        remaining_ms,
+                        started_at: None,
+                    });
                     self.plays_since_turn.push(play_id);
                     self.bot_lines.push(line);
                 }
                 Action::StopPlayback => self.queue.clear(),
-                Action::Recognize { utterance, audio_16k, .. } => {
+                Action::Recognize {
+                    utterance,
+                    audio_16k,
+                    ..
+                } => {
                     let transcriber = self.transcriber.ok_or_else(|| {
-                        AsrError::Inference("audio needs the recognizer, which is not loaded".into())
+                        AsrError::Inference(
+                            "audio needs the recognizer, which is not loaded".into(),
+                        )
                     })?;
                     let (transcript, decode_ms) = transcriber.transcribe(audio_16k)?;
-                    self.transcripts.push((self.now + decode_ms.max(1), utterance, transcript));
+                    self.transcripts
+                        .push((self.now + decode_ms.max(1), utterance, transcript));
                 }
                 Action::Turn(record) => {
                     // The session queues a turn's reply just before the turn itself.
@@ -173,7 +192,8 @@ impl Line<'_> {
 
     fn text(&mut self, turn: TextTurn) -> Result<(), AsrError> {
         self.text_turn_of_next_record = Some(turn.turn);
-        self.session.on_text(self.now, turn.start, turn.end, &turn.text);
+        self.session
+            .on_text(self.now, turn.start, turn.end, &turn.text);
         self.text_turn_of_next_record = None;
         self.drain()
     }
@@ -190,7 +210,9 @@ impl Line<'_> {
 
     /// 李明's clip plays on for one frame.
     fn play_frame(&mut self) -> Result<(), AsrError> {
-        let Some(front) = self.queue.front_mut() else { return Ok(()) };
+        let Some(front) = self.queue.front_mut() else {
+            return Ok(());
+        };
         let frame_start = self.now - FRAME_MS;
         if front.started_at.is_none() {
             front.started_at = Some(frame_start);
@@ -261,22 +283,38 @@ pub fn run_case(
         }
 
         // The callee's next turn starts once 李明 has been quiet for a moment.
-        let busy = !line.queue.is_empty() || !line.transcripts.is_empty() || feeding.is_some() || text_turn.is_some();
+        let busy = !line.queue.is_empty()
+            || !line.transcripts.is_empty()
+            || feeding.is_some()
+            || text_turn.is_some();
         if busy {
             quiet_since = line.now;
         }
         let endpointed = last_input_end.is_none_or(|end| line.now >= end + 900);
-        if !busy && endpointed && next_turn < inputs.len() && line.now >= quiet_since + ANSWER_GAP_MS {
+        if !busy
+            && endpointed
+            && next_turn < inputs.len()
+            && line.now >= quiet_since + ANSWER_GAP_MS
+        {
             let now = line.now;
             match &inputs[next_turn] {
                 TurnInput::Audio(samples) => {
-                    feeding = Some(Feeding { turn: next_turn, samples: samples.clone(), position: 0 });
+                    feeding = Some(Feeding {
+                        turn: next_turn,
+                        samples: samples.clone(),
+                        position: 0,
+                    });
                     windows[next_turn] = Some((now, now + samples.len() as u64 / 8));
                     speech_ends[next_turn] = Some(now + speech_end_ms(samples));
                 }
                 TurnInput::Text(text) => {
                     let length = (text.chars().count() as Millis * TEXT_MS_PER_CHAR).max(400);
-                    text_turn = Some(TextTurn { turn: next_turn, start: now, end: now + length, text: text.clone() });
+                    text_turn = Some(TextTurn {
+                        turn: next_turn,
+                        start: now,
+                        end: now + length,
+                        text: text.clone(),
+                    });
                     windows[next_turn] = Some((now, now + length));
                     speech_ends[next_turn] = Some(now + length);
                     last_input_end = Some(now + length);
@@ -344,7 +382,8 @@ fn attribute(
                 .enumerate()
                 .filter_map(|(i, w)| {
                     let (start, end) = (*w)?;
-                    let overlap = record.speech_end.min(end + 200) as i64 - record.speech_start.max(start) as i64;
+                    let overlap = record.speech_end.min(end + 200) as i64
+                        - record.speech_start.max(start) as i64;
                     (overlap > 0).then_some((i, overlap))
                 })
                 .max_by_key(|&(_, overlap)| overlap)
@@ -360,7 +399,10 @@ fn attribute(
         .zip(speech_ends)
         .map(|((window, entries), speech_end)| {
             if entries.is_empty() {
-                return TurnOutcome { reached: window.is_some(), ..TurnOutcome::default() };
+                return TurnOutcome {
+                    reached: window.is_some(),
+                    ..TurnOutcome::default()
+                };
             }
             let chosen = entries
                 .iter()
@@ -368,7 +410,10 @@ fn attribute(
                 .or_else(|| entries.iter().find(|(r, _, _)| !r.reply.is_empty()))
                 .unwrap_or(&entries[0]);
             let (record, first_reply, _) = chosen;
-            let transcript: String = entries.iter().map(|(r, _, _)| r.transcript.as_str()).collect();
+            let transcript: String = entries
+                .iter()
+                .map(|(r, _, _)| r.transcript.as_str())
+                .collect();
             TurnOutcome {
                 reached: true,
                 transcript: Some(transcript),
