@@ -251,9 +251,12 @@ fn collapse_repeats(text: &str) -> String {
     text.to_string()
 }
 
+/// A transcript and the time its decoding took (ms).
+type Recognized = Result<(Transcript, u64), AsrError>;
+
 struct Job {
     audio: Vec<f32>,
-    reply: tokio::sync::oneshot::Sender<Result<(Transcript, u64), AsrError>>,
+    reply: tokio::sync::oneshot::Sender<Recognized>,
 }
 
 /// A bounded pool of whisper workers shared by every call of the process.
@@ -302,7 +305,7 @@ impl RecognizerPool {
     fn submit(
         &self,
         audio: Vec<f32>,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<(Transcript, u64), AsrError>>, AsrError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<Recognized>, AsrError> {
         let (reply, receiver) = tokio::sync::oneshot::channel();
         match self.sender.try_send(Job { audio, reply }) {
             Ok(()) => Ok(receiver),

@@ -607,12 +607,11 @@ impl Session {
         }
         tracing::info!(call_id = %self.call_id, now, phase = ?self.phase, "callee hung up");
         self.playing.clear();
-        if self.phase == Phase::Talking {
-            if let Some(origin) = self.audio_origin
-                && let Some(utterance) = self.endpointer.flush()
-            {
-                self.utterance_ended(now, origin, utterance);
-            }
+        if self.phase == Phase::Talking
+            && let Some(origin) = self.audio_origin
+            && let Some(utterance) = self.endpointer.flush()
+        {
+            self.utterance_ended(now, origin, utterance);
         }
         self.phase = Phase::CalleeGone {
             give_up_at: now + self.config.hangup_grace_ms,
@@ -1338,14 +1337,8 @@ mod tests {
                 assert_eq!(heard.primary(), *intent, "sample for {intent} classifies");
                 let said = call.say(sample(*intent));
                 let mut expected = transition.say.clone();
-                if !call.session.resisted || transition.say_if_no_resistance.is_empty() {
-                    expected.extend(
-                        transition
-                            .say_if_no_resistance
-                            .iter()
-                            .cloned()
-                            .filter(|_| !call.session.resisted),
-                    );
+                if !call.session.resisted {
+                    expected.extend(transition.say_if_no_resistance.iter().cloned());
                 }
                 match &transition.next {
                     Next::End {
