@@ -50,6 +50,23 @@ pub enum AsrError {
     Closed,
 }
 
+/// Says whether a transcript means something to the dialogue (the intent rules); short
+/// utterances that do not get a second, slower decoding pass.
+#[derive(Clone)]
+pub struct TextCheck(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl TextCheck {
+    pub fn new(check: impl Fn(&str) -> bool + Send + Sync + 'static) -> TextCheck {
+        TextCheck(Arc::new(check))
+    }
+}
+
+impl std::fmt::Debug for TextCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextCheck")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AsrConfig {
     pub model: PathBuf,
@@ -65,6 +82,11 @@ pub struct AsrConfig {
     /// Smallest encoder context (in 20 ms frames) for short utterances: a context sized to
     /// the audio is fast, but one-word answers come out better with more.
     pub min_audio_ctx: usize,
+    /// With a check, an utterance shorter than `second_pass_below_ms` whose transcript the
+    /// check rejects is decoded again with the full 30 s context (about 4× slower, but
+    /// one-word answers come out right more often); the first understood result wins.
+    pub second_pass: Option<TextCheck>,
+    pub second_pass_below_ms: u64,
 }
 
 impl AsrConfig {
@@ -84,6 +106,8 @@ impl AsrConfig {
             prompt: DEFAULT_PROMPT.to_string(),
             no_speech_threshold: 0.8,
             min_audio_ctx: 512,
+            second_pass: None,
+            second_pass_below_ms: 2_000,
         }
     }
 
@@ -151,6 +175,24 @@ impl WhisperEngine {
         if audio_16k.is_empty() {
             return Ok(Transcript::default());
         }
+        let fitted = audio_16k.len() / 320 + 128;
+        let first = self.decode(audio_16k, fitted.max(self.config.min_audio_ctx))?;
+        let short = (audio_16k.len() as u64) < self.config.second_pass_below_ms * 16;
+        match self.config.second_pass.clone() {
+            Some(TextCheck(understood)) if short && !understood(&first.text) => {
+                let second = self.decode(audio_16k, 1_500)?;
+                tracing::debug!(first = %first.text, second = %second.text, "second pass on a short utterance");
+                Ok(if understood(&second.text) {
+                    second
+                } else {
+                    first
+                })
+            }
+            _ => Ok(first),
+        }
+    }
+
+    fn decode(&mut self, audio_16k: &[f32], audio_ctx: usize) -> Result<Transcript, AsrError> {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_language(Some("zh"));
         params.set_n_threads(self.config.threads_per_worker as i32);
@@ -169,9 +211,7 @@ impl WhisperEngine {
         params.set_initial_prompt(&self.config.prompt);
         // The encoder only needs to look at as much audio as there is (50 frames a second)
         // plus a margin; below 128 whisper starts looping.
-        let audio_ctx = (audio_16k.len() / 320 + 128)
-            .max(self.config.min_audio_ctx)
-            .min(1_500);
+        let audio_ctx = audio_ctx.max(self.config.min_audio_ctx).min(1_500);
         params.set_audio_ctx(audio_ctx as i32);
         // A looping decoder would otherwise run for a minute on one noisy word: real speech
         // is at most ~8 characters a second.

@@ -10,10 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use renewal_bot::asr::{AsrConfig, RecognizerPool};
+use renewal_bot::asr::{AsrConfig, RecognizerPool, TextCheck};
 use renewal_bot::audio::clips::ClipLibrary;
 use renewal_bot::dialog::Script;
 use renewal_bot::eval::{self, EvalOptions, manifest::Manifest, simulate::Transcribe};
+use renewal_bot::labels::Intent;
 use renewal_bot::records::{self, CallsCommand, DncCommand};
 use renewal_bot::session::SessionConfig;
 use renewal_bot::store::Store;
@@ -132,7 +133,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => run_eval(&cli.model, args),
         Command::Serve(args) => {
             let store = open_store(&cli.db)?;
-            let recognizer = start_recognizer(&cli.model)?;
+            let script_dir = args.script_dir.clone().unwrap_or_else(Script::default_dir);
+            let recognizer = start_recognizer(&cli.model, &load_script(&script_dir)?)?;
             let shared = renewal_bot::transport::twilio::server::SharedDeps {
                 store,
                 recognizer,
@@ -165,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Transcribe { wavs, assets } => {
             let script = load_script(&assets.script_dir)?;
-            let recognizer = start_recognizer(&cli.model)?;
+            let recognizer = start_recognizer(&cli.model, &script)?;
             for path in wavs {
                 let audio = renewal_bot::audio::wav::read_mono(&path)?
                     .to_rate(renewal_bot::audio::ASR_RATE)?;
@@ -239,10 +241,15 @@ fn load_clips(dir: &Path) -> anyhow::Result<ClipLibrary> {
     Ok(ClipLibrary::load(dir)?)
 }
 
-fn start_recognizer(model: &Path) -> anyhow::Result<RecognizerPool> {
-    Ok(RecognizerPool::start(
-        AsrConfig::for_model(model.to_path_buf()).with_env_overrides(),
-    )?)
+/// The whisper pool; short answers the script's rules do not understand get a second,
+/// slower pass.
+fn start_recognizer(model: &Path, script: &Arc<Script>) -> anyhow::Result<RecognizerPool> {
+    let mut config = AsrConfig::for_model(model.to_path_buf()).with_env_overrides();
+    let script = Arc::clone(script);
+    config.second_pass = Some(TextCheck::new(move |text| {
+        script.rules.classify(text).primary() != Intent::Unknown
+    }));
+    Ok(RecognizerPool::start(config)?)
 }
 
 fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -255,7 +262,7 @@ fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
         .flat_map(|c| &c.turns)
         .any(|t| t.audio.is_some() && !(args.text && t.text.is_some()));
     let recognizer = if needs_audio {
-        Some(start_recognizer(model)?)
+        Some(start_recognizer(model, &script)?)
     } else {
         None
     };

@@ -245,12 +245,16 @@ async fn twiml(
             } else {
                 store.find_call_by_sid(&call_sid).ok().flatten()
             };
-            let dnc = !to.is_empty() && store.is_dnc(&to).unwrap_or(false);
+            // Respect the callee: when the list cannot be read, do not talk to the number.
+            let dnc = !to.is_empty() && store.is_dnc(&to).unwrap_or_else(|err| {
+                tracing::error!(%err, "cannot read the do-not-call list: hanging up to be safe");
+                true
+            });
             (call_id, dnc)
         })
         .await
     };
-    let (known_id, dnc) = lookup.unwrap_or((None, false));
+    let (known_id, dnc) = lookup.unwrap_or((None, true));
     let call_id = known_id
         .clone()
         .unwrap_or_else(|| format!("twilio-{}", uuid::Uuid::new_v4()));
