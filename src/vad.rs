@@ -52,6 +52,8 @@ pub struct Utterance {
     /// End of the last voiced frame.
     pub end_ms: u64,
     pub voiced_ms: u64,
+    /// End of the last frame scored at the start threshold (clearly speech).
+    pub strong_end_ms: u64,
     pub audio_16k: Vec<f32>,
 }
 
@@ -75,6 +77,8 @@ pub struct Endpointer {
 struct Speech {
     start_frame: u64,
     last_voiced_frame: u64,
+    /// Last frame at or above the start threshold.
+    last_strong_frame: u64,
     voiced_frames: u64,
     silent_run: u64,
     audio: Vec<f32>,
@@ -144,6 +148,9 @@ impl Endpointer {
                 speech.voiced_frames += 1;
                 speech.last_voiced_frame = index;
                 speech.silent_run = 0;
+                if score >= self.config.start_threshold {
+                    speech.last_strong_frame = index;
+                }
             } else {
                 speech.silent_run += 1;
             }
@@ -188,6 +195,7 @@ impl Endpointer {
         self.speech = Some(Speech {
             start_frame,
             last_voiced_frame: index,
+            last_strong_frame: index,
             voiced_frames: voiced_in_window,
             silent_run: 0,
             audio,
@@ -216,6 +224,7 @@ impl Endpointer {
         Utterance {
             start_ms: Self::frame_ms(speech.start_frame),
             end_ms: Self::frame_ms(speech.last_voiced_frame + 1),
+            strong_end_ms: Self::frame_ms(speech.last_strong_frame + 1),
             voiced_ms: Self::frame_ms(speech.voiced_frames),
             audio_16k: speech.audio[..keep].to_vec(),
         }
@@ -226,6 +235,14 @@ impl Endpointer {
         self.speech
             .as_ref()
             .map_or(0, |s| Self::frame_ms(s.silent_run))
+    }
+
+    /// Time since the last clearly voiced frame of the utterance in progress: reacts
+    /// sooner than `trailing_silence_ms`, which waits for the detector's score to decay.
+    pub fn since_strong_ms(&self) -> u64 {
+        self.speech.as_ref().map_or(0, |s| {
+            Self::frame_ms(self.frames_seen - 1 - s.last_strong_frame)
+        })
     }
 
     /// The utterance in progress as it would end now, if it is long enough to count: lets
