@@ -1,7 +1,7 @@
 //! The `renewal-bot` command line: evaluate recorded calls, serve Twilio calls, place a
 //! call, and look after the do-not-call list and the call records.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -168,34 +168,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Transcribe { wavs, assets } => {
             let script = load_script(&assets.script_dir)?;
             let recognizer = start_recognizer(&cli.model, &script)?;
+            let mut out = std::io::stdout().lock();
             for path in wavs {
                 let audio = renewal_bot::audio::wav::read_mono(&path)?
                     .to_rate(renewal_bot::audio::ASR_RATE)?;
                 let (transcript, decode_ms) = recognizer.recognize_blocking(audio.samples)?;
                 let heard = script.rules.classify(&transcript.text);
                 let intents: Vec<&str> = heard.intents.iter().map(|i| i.as_str()).collect();
-                println!(
+                writeln!(
+                    out,
                     "{}\t{}\t{}\t{decode_ms} ms",
                     path.display(),
                     transcript.text,
                     intents.join(",")
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify { texts, assets } => {
             let script = load_script(&assets.script_dir)?;
+            // A closed pipe (`| head`) ends the output with an error, not a panic.
+            let mut out = std::io::stdout().lock();
             for text in texts {
                 let heard = script.rules.classify(&text);
                 let intents: Vec<&str> = heard.intents.iter().map(|i| i.as_str()).collect();
-                println!("{text}\t→ {}", intents.join(", "));
+                writeln!(out, "{text}\t→ {}", intents.join(", "))?;
                 for (label, pattern, vetoed) in script.rules.explain(&text) {
                     let note = if vetoed {
                         "  (vetoed by unless/guard)"
                     } else {
                         ""
                     };
-                    println!("    {label:<18} {pattern}{note}");
+                    writeln!(out, "    {label:<18} {pattern}{note}")?;
                 }
             }
             Ok(ExitCode::SUCCESS)
