@@ -301,19 +301,7 @@ fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     if args.quiet {
-        let s = &report.summary;
-        println!(
-            "outcomes {}/{}, intents {}/{}, dnc {}/{}, cer {:.3}, latency p50 {} ms p95 {} ms",
-            s.outcome_correct,
-            s.cases,
-            s.intent_correct,
-            s.turns,
-            s.dnc_correct,
-            s.dnc_total,
-            s.cer,
-            s.reply_latency_ms.p50,
-            s.reply_latency_ms.p95
-        );
+        println!("{}", report.summary.one_line());
     } else {
         print!("{}", report.render_table());
     }

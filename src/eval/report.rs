@@ -55,6 +55,24 @@ pub struct TurnReport {
     pub audio_fed: bool,
 }
 
+impl Summary {
+    /// The summary as one line, for `eval --quiet` and logs.
+    pub fn one_line(&self) -> String {
+        format!(
+            "outcomes {}/{}, intents {}/{}, dnc {}/{}, cer {:.3}, latency p50 {} ms p95 {} ms",
+            self.outcome_correct,
+            self.cases,
+            self.intent_correct,
+            self.turns,
+            self.dnc_correct,
+            self.dnc_total,
+            self.cer,
+            self.reply_latency_ms.p50,
+            self.reply_latency_ms.p95
+        )
+    }
+}
+
 impl TurnReport {
     pub fn intent_correct(&self) -> bool {
         self.reached
