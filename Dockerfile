@@ -59,11 +59,11 @@ RUN groupadd --system --gid 10001 renewal \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin renewal
 
-# The default relative paths (script, audio, models/ggml-base.bin, data/renewal-bot.sqlite)
+# The default relative paths (script, audio, models/ggml-base-q8_0.bin, data/renewal-bot.sqlite)
 # resolve under /app. Everything but data/ is read-only for the bot's user.
 WORKDIR /app
 COPY --from=builder /usr/local/bin/renewal-bot /usr/local/bin/renewal-bot
-COPY --from=builder /src/models/ggml-base.bin models/ggml-base.bin
+COPY --from=builder /src/models/ggml-base-q8_0.bin models/ggml-base-q8_0.bin
 COPY script/ script/
 COPY audio/ audio/
 RUN mkdir data && chown 10001:10001 data

@@ -36,6 +36,8 @@ pub enum RulesError {
 #[derive(Deserialize)]
 struct RulesFile {
     report_order: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    short_answers: Vec<toml::Spanned<String>>,
     intent: Vec<RuleEntry>,
 }
 
@@ -102,6 +104,9 @@ impl Utterance {
 pub struct IntentRules {
     rules: Vec<Rule>,
     report_order: Vec<Intent>,
+    /// Brief replies callees commonly give, each understood by these rules; recognition
+    /// checks short utterances against them (`asr::ShortAnswers`).
+    pub short_answers: Vec<String>,
 }
 
 /// The labels of one utterance, strongest first.
@@ -211,10 +216,22 @@ impl IntentRules {
                 ));
             }
         }
-        Ok(IntentRules {
+        let mut loaded = IntentRules {
             rules,
             report_order,
-        })
+            short_answers: Vec::new(),
+        };
+        for spanned in &file.short_answers {
+            let answer = spanned.get_ref().trim();
+            if loaded.classify(answer).primary() == Intent::Unknown {
+                return Err(invalid(
+                    spanned.span(),
+                    format!("short answer `{answer}` matches no rule; add a pattern or drop it"),
+                ));
+            }
+            loaded.short_answers.push(answer.to_string());
+        }
+        Ok(loaded)
     }
 
     /// Labels one utterance. Decisive labels come first, by the outcome precedence of
@@ -399,6 +416,20 @@ mod tests {
         check(&r, "不打算续费了", Decline);
         check(&r, "别再给我发短信了", StopMessages);
         check(&r, "不是跟你们说了吗，不要再打了", DoNotCall);
+    }
+
+    #[test]
+    fn a_short_answer_no_rule_understands_is_rejected_with_its_line() {
+        let err = IntentRules::parse(
+            "report_order = [\"acknowledge\"]\nshort_answers = [\n  \"好的\",\n  \"西瓜\",\n]\n[[intent]]\nlabel = \"acknowledge\"\nmatch = [\"好\"]\n",
+            Path::new("rules.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("rules.toml:4:") && err.contains("西瓜"),
+            "{err}"
+        );
     }
 
     #[test]

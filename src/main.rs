@@ -10,11 +10,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use renewal_bot::asr::{AsrConfig, RecognizerPool, TextCheck};
+use renewal_bot::asr::{AsrConfig, RecognizerPool};
 use renewal_bot::audio::clips::ClipLibrary;
 use renewal_bot::dialog::Script;
 use renewal_bot::eval::{self, EvalOptions, manifest::Manifest, simulate::Transcribe};
-use renewal_bot::labels::Intent;
 use renewal_bot::records::{self, CallsCommand, DncCommand};
 use renewal_bot::session::SessionConfig;
 use renewal_bot::store::Store;
@@ -248,11 +247,7 @@ fn load_clips(dir: &Path) -> anyhow::Result<ClipLibrary> {
 /// The whisper pool; short answers the script's rules do not understand get a second,
 /// slower pass.
 fn start_recognizer(model: &Path, script: &Arc<Script>) -> anyhow::Result<RecognizerPool> {
-    let mut config = AsrConfig::for_model(model.to_path_buf()).with_env_overrides();
-    let script = Arc::clone(script);
-    config.second_pass = Some(TextCheck::new(move |text| {
-        script.rules.classify(text).primary() != Intent::Unknown
-    }));
+    let config = AsrConfig::for_script(model.to_path_buf(), script).with_env_overrides();
     Ok(RecognizerPool::start(config)?)
 }
 

@@ -26,7 +26,7 @@ fn evaluate(manifest: &Path, text_only: bool) -> Report {
             model.is_file(),
             "the whisper model is missing: run models/fetch (or scripts/bootstrap)"
         );
-        RecognizerPool::start(AsrConfig::for_model(model)).expect("model loads")
+        RecognizerPool::start(AsrConfig::for_script(model, &script)).expect("model loads")
     });
     let options = EvalOptions {
         text_only,

@@ -43,3 +43,28 @@ fn every_phrasing_gets_its_label() {
         wrong.join("\n")
     );
 }
+
+/// Recognition may read a garbled short reply as one of the script's short answers; an
+/// answer that decides the call (不续了, 别打了) must beat the free transcript outright.
+#[test]
+fn decisive_short_answers_are_never_a_guess() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = std::sync::Arc::new(
+        renewal_bot::dialog::Script::load(&root.join("script")).expect("script loads"),
+    );
+    let config = renewal_bot::asr::AsrConfig::for_script(root.join("models/none.bin"), &script);
+    assert!(config.short_answers.len() >= 40, "too few short answers");
+    for answer in &config.short_answers {
+        let intent = script.rules.classify(&answer.text).primary();
+        assert_ne!(intent, Intent::Unknown, "{}", answer.text);
+        if intent.is_decisive() {
+            assert_eq!(
+                answer.margin, 0.0,
+                "{} ({intent}) may be guessed",
+                answer.text
+            );
+        } else {
+            assert!(answer.margin > 0.0, "{}", answer.text);
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! has played (its mark returned). Checked: the outcome and do-not-call state in the store,
 //! the hang-up only after the closing line's mark came back, `clear` after a barge-in.
 //!
-//! Needs `models/ggml-base.bin` (run `models/fetch`); fails, never skips, without it.
+//! Needs `models/ggml-base-q8_0.bin` (run `models/fetch`); fails, never skips, without it.
 //! The load test (10 simultaneous calls) is `#[ignore]`d: run it with
 //! `cargo test --release --test twilio_calls -- --ignored --nocapture`.
 

@@ -74,13 +74,13 @@ pub fn clips() -> Arc<ClipLibrary> {
 pub fn pool() -> RecognizerPool {
     static POOL: OnceLock<RecognizerPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let path = repo_path("models/ggml-base.bin");
+        let path = repo_path(AsrConfig::default_model_path().to_str().unwrap_or_default());
         assert!(
             path.is_file(),
             "the whisper model is missing at {}: run `models/fetch` first",
             path.display()
         );
-        RecognizerPool::start(AsrConfig::for_model(path))
+        RecognizerPool::start(AsrConfig::for_script(path, &script()))
             .unwrap_or_else(|e| panic!("cannot start the recognizer: {e} (run `models/fetch`)"))
     })
     .clone()

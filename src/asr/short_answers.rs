@@ -1,0 +1,266 @@
+//! Short-answer verification: whisper's own decoder scores a list of replies callees commonly
+//! give (是我, 好的, 不续了…) against the utterance it has just encoded, so a one-word answer
+//! that free decoding garbles (嗯行吧 → 你醒吧) can still be read as the reply the audio fits.
+//!
+//! The encoder output of the first pass is reused; each answer costs one decoder step per
+//! token, shared between answers with a common beginning (a token trie walked depth first)
+//! and skipped as soon as its beginning is already too unlikely to win.
+
+use whisper_rs::{WhisperContext, WhisperState, WhisperTokenId};
+
+/// A reply to listen for, and how much less likely than whisper's own transcript it may be
+/// and still be taken (log probability; 0 means it must fit the audio better).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShortAnswer {
+    pub text: String,
+    pub margin: f32,
+}
+
+/// An answer's tokens as whisper writes them.
+#[derive(Debug, Clone)]
+struct Tokenized {
+    answer: usize,
+    tokens: Vec<WhisperTokenId>,
+}
+
+/// Spoken characters (punctuation and spaces do not count).
+fn spoken_len(text: &str) -> usize {
+    text.chars().filter(|c| c.is_alphanumeric()).count()
+}
+
+/// The answers, tokenized once for the loaded model.
+#[derive(Debug, Clone)]
+pub struct ShortAnswers {
+    /// What whisper's decoder sees before the transcript: previous-text marker, the prompt,
+    /// start of transcript, language, task, no timestamps (as `whisper_full` builds it).
+    prefix: Vec<WhisperTokenId>,
+    end_of_text: WhisperTokenId,
+    answers: Vec<ShortAnswer>,
+    tokenized: Vec<Tokenized>,
+    widest_margin: f32,
+}
+
+/// The answer that fits best, with the log probability of its tokens and the end of text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fit {
+    pub text: String,
+    pub log_prob: f32,
+}
+
+#[derive(Default)]
+struct TrieNode {
+    token: WhisperTokenId,
+    children: Vec<TrieNode>,
+    /// Indices (into the candidate list) of texts that end at this node.
+    ends: Vec<usize>,
+}
+
+impl TrieNode {
+    fn insert(&mut self, tokens: &[WhisperTokenId], index: usize) {
+        let Some((&first, rest)) = tokens.split_first() else {
+            self.ends.push(index);
+            return;
+        };
+        let child = match self.children.iter().position(|c| c.token == first) {
+            Some(at) => &mut self.children[at],
+            None => {
+                self.children.push(TrieNode {
+                    token: first,
+                    ..TrieNode::default()
+                });
+                self.children.last_mut().expect("just pushed")
+            }
+        };
+        child.insert(rest, index);
+    }
+}
+
+impl ShortAnswers {
+    pub fn new(
+        context: &WhisperContext,
+        prompt: &str,
+        answers: &[ShortAnswer],
+    ) -> Result<ShortAnswers, whisper_rs::WhisperError> {
+        let zh = whisper_rs::get_lang_id("zh").unwrap_or(1);
+        let mut prefix = vec![context.token_prev()];
+        if !prompt.is_empty() {
+            prefix.extend(context.tokenize(prompt, 512)?);
+        }
+        prefix.extend([
+            context.token_sot(),
+            context.token_lang(zh),
+            context.token_transcribe(),
+            context.token_not(),
+        ]);
+        // Whisper ends most transcripts with a full stop or question mark: each answer is
+        // tried bare and with either.
+        let mut tokenized = Vec::new();
+        for (index, answer) in answers.iter().enumerate() {
+            for ending in ["", "。", "？"] {
+                tokenized.push(Tokenized {
+                    answer: index,
+                    tokens: context.tokenize(&format!("{}{ending}", answer.text), 64)?,
+                });
+            }
+        }
+        Ok(ShortAnswers {
+            prefix,
+            end_of_text: context.token_eot(),
+            widest_margin: answers.iter().map(|a| a.margin).fold(0.0, f32::max),
+            answers: answers.to_vec(),
+            tokenized,
+        })
+    }
+
+    /// Token ids from this one on are special (end of text, language, timestamps…).
+    pub fn end_of_text(&self) -> WhisperTokenId {
+        self.end_of_text
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// Scores the free transcript (`free_text`, `free_tokens`: whisper's own) against the
+    /// audio the state last encoded, then finds the best-fitting answer among those within
+    /// their margin of it. Returns the free transcript's log probability and that answer.
+    ///
+    /// Whisper garbles syllables but seldom invents many: an answer less than half as long
+    /// as the free transcript is a different utterance, however well its few tokens fit.
+    pub fn best_answer(
+        &self,
+        state: &mut WhisperState,
+        threads: usize,
+        free_text: &str,
+        free_tokens: &[WhisperTokenId],
+    ) -> Result<(f32, Option<Fit>), whisper_rs::WhisperError> {
+        state.decode(&self.prefix, 0, threads)?;
+        let first = log_softmax(state.get_logits()?);
+
+        let mut free = 0.0;
+        let mut log_probs = first.clone();
+        for (at, &token) in free_tokens.iter().enumerate() {
+            free += log_probs[token as usize];
+            state.decode(&[token], self.prefix.len() + at, threads)?;
+            log_probs = log_softmax(state.get_logits()?);
+        }
+        free += log_probs[self.end_of_text as usize];
+
+        let shortest = spoken_len(free_text).div_ceil(2);
+        let mut root = TrieNode::default();
+        for (index, entry) in self.tokenized.iter().enumerate() {
+            if spoken_len(&self.answers[entry.answer].text) >= shortest {
+                root.insert(&entry.tokens, index);
+            }
+        }
+        let mut search = Search {
+            state,
+            threads,
+            answers: self,
+            free,
+            bound: free - self.widest_margin,
+            best: None,
+        };
+        search.walk(&root, &first, 0.0, self.prefix.len())?;
+        let best = search.best.map(|(answer, log_prob)| Fit {
+            text: self.answers[answer].text.clone(),
+            log_prob,
+        });
+        Ok((free, best))
+    }
+}
+
+/// A depth-first walk of the answer trie that skips every branch already less likely than
+/// the best complete answer so far (log probabilities only fall along a path), so only the
+/// few answers the audio could plausibly be cost decoder steps.
+struct Search<'a> {
+    state: &'a mut WhisperState,
+    threads: usize,
+    answers: &'a ShortAnswers,
+    /// The free transcript's log probability.
+    free: f32,
+    /// Paths at or below this cannot win any more.
+    bound: f32,
+    best: Option<(usize, f32)>,
+}
+
+impl Search<'_> {
+    /// `log_probs` is the next-token distribution after the node's path, `so_far` the
+    /// path's log probability, `n_past` the path's end in the decoder's cache.
+    fn walk(
+        &mut self,
+        node: &TrieNode,
+        log_probs: &[f32],
+        so_far: f32,
+        n_past: usize,
+    ) -> Result<(), whisper_rs::WhisperError> {
+        let ended = so_far + log_probs[self.answers.end_of_text as usize];
+        for &entry in &node.ends {
+            let answer = self.answers.tokenized[entry].answer;
+            let allowed = self.free - self.answers.answers[answer].margin;
+            if ended > allowed && self.best.is_none_or(|(_, best)| ended > best) {
+                self.best = Some((answer, ended));
+                self.bound = self.bound.max(ended);
+            }
+        }
+        let mut children: Vec<(&TrieNode, f32)> = node
+            .children
+            .iter()
+            .map(|child| (child, so_far + log_probs[child.token as usize]))
+            .collect();
+        children.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (child, with_child) in children {
+            if with_child <= self.bound {
+                break;
+            }
+            // Decoding the child's token appends it to the cache at `n_past`; whisper drops
+            // anything cached beyond that first, so siblings never see each other.
+            self.state.decode(&[child.token], n_past, self.threads)?;
+            let next = log_softmax(self.state.get_logits()?);
+            self.walk(child, &next, with_child, n_past + 1)?;
+        }
+        Ok(())
+    }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    let log_sum = max + sum.ln();
+    logits.iter().map(|&l| l - log_sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_sums_to_one() {
+        let out = log_softmax(&[1.0, 2.0, 3.0, -50.0]);
+        let total: f32 = out.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!(out[2] > out[1] && out[1] > out[0]);
+    }
+
+    #[test]
+    fn spoken_length_ignores_punctuation() {
+        assert_eq!(spoken_len("好，明白了。"), 4);
+        assert_eq!(spoken_len("是我？"), 2);
+        assert_eq!(spoken_len(""), 0);
+    }
+
+    #[test]
+    fn the_trie_shares_beginnings_and_keeps_every_end() {
+        let mut root = TrieNode::default();
+        root.insert(&[1, 2], 0);
+        root.insert(&[1, 2, 3], 1);
+        root.insert(&[1, 4], 2);
+        root.insert(&[5], 3);
+        assert_eq!(root.children.len(), 2);
+        let one = &root.children[0];
+        assert_eq!(one.children.len(), 2);
+        assert_eq!(one.children[0].ends, vec![0]);
+        assert_eq!(one.children[0].children[0].ends, vec![1]);
+        assert_eq!(root.children[1].ends, vec![3]);
+    }
+}
