@@ -405,6 +405,11 @@ impl RecognizerPool {
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
+                        if job.reply.is_closed() {
+                            // Its call has cancelled it or is gone: the cores are better
+                            // spent on the utterances still waited for.
+                            continue;
+                        }
                         let started = Instant::now();
                         let result = engine
                             .transcribe(&job.audio)

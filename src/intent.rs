@@ -50,12 +50,19 @@ struct RuleEntry {
     unless: Vec<toml::Spanned<String>>,
 }
 
+/// Phrases at least this long (characters) still match with one inner character misheard.
+const FUZZY_MIN_CHARS: usize = 5;
+
 /// A regular expression tried on the text and on its sound-alike form.
 #[derive(Debug)]
 struct Pattern {
     source: String,
     exact: Regex,
     sound_alike: Regex,
+    /// For a pattern that spells out a finite set of phrases, those of them long enough
+    /// with any one inner character free (不打算用了 also matches 不打涉用了); tried only
+    /// when no rule matches the utterance exactly.
+    one_slip: Option<Regex>,
 }
 
 impl Pattern {
@@ -64,6 +71,7 @@ impl Pattern {
             source: source.to_string(),
             exact: Regex::new(source)?,
             sound_alike: Regex::new(&text::sound_alike(source))?,
+            one_slip: one_slip_regex(source)?,
         })
     }
 
@@ -73,6 +81,57 @@ impl Pattern {
             .iter()
             .any(|(plain, alike)| self.exact.is_match(plain) || self.sound_alike.is_match(alike))
     }
+
+    fn is_match_with_one_slip(&self, utterance: &Utterance) -> bool {
+        self.one_slip
+            .as_ref()
+            .is_some_and(|re| utterance.forms.iter().any(|(plain, _)| re.is_match(plain)))
+    }
+}
+
+/// The phrases of `source` when it denotes a finite set of plain strings (alternations and
+/// optional groups; no anchors, classes or repetition), with each phrase of at least
+/// `FUZZY_MIN_CHARS` characters turned into its variants with one inner character free.
+fn one_slip_regex(source: &str) -> Result<Option<Regex>, regex::Error> {
+    use regex_syntax::hir::literal::Extractor;
+    if source.contains(['^', '$', '.', '*', '+', '[', '{', '\\']) {
+        return Ok(None);
+    }
+    let Ok(hir) = regex_syntax::parse(source) else {
+        return Ok(None);
+    };
+    let phrases = Extractor::new().extract(&hir);
+    let Some(literals) = phrases.literals().filter(|_| phrases.is_exact()) else {
+        return Ok(None);
+    };
+    let mut variants = Vec::new();
+    for literal in literals {
+        let Ok(phrase) = std::str::from_utf8(literal.as_bytes()) else {
+            continue;
+        };
+        let chars: Vec<char> = phrase.chars().collect();
+        if chars.len() < FUZZY_MIN_CHARS {
+            continue;
+        }
+        for free in 1..chars.len() - 1 {
+            let variant: String = chars
+                .iter()
+                .enumerate()
+                .map(|(at, &c)| {
+                    if at == free {
+                        ".".to_string()
+                    } else {
+                        regex::escape(&c.to_string())
+                    }
+                })
+                .collect();
+            variants.push(variant);
+        }
+    }
+    if variants.is_empty() {
+        return Ok(None);
+    }
+    Regex::new(&variants.join("|")).map(Some)
 }
 
 #[derive(Debug)]
@@ -241,14 +300,9 @@ impl IntentRules {
         let utterance = Utterance::new(&normalized);
         let mut found: Vec<Intent> = Vec::new();
         if !normalized.is_empty() {
-            for rule in &self.rules {
-                let fires = rule.patterns.iter().any(|(pattern, guard)| {
-                    pattern.is_match(&utterance)
-                        && !guard.as_ref().is_some_and(|g| g.is_match(&utterance))
-                });
-                if fires && !rule.unless.iter().any(|u| u.is_match(&utterance)) {
-                    found.push(rule.label);
-                }
+            found = self.labels(&utterance, Pattern::is_match);
+            if found.is_empty() {
+                found = self.labels(&utterance, Pattern::is_match_with_one_slip);
             }
         }
         let mut intents: Vec<Intent> = Intent::DECISIVE_BY_PRECEDENCE
@@ -278,6 +332,26 @@ impl IntentRules {
             normalized,
             intents,
         }
+    }
+
+    /// The labels whose rules fire on `utterance`, with patterns matched by `matches`
+    /// (guards and `unless` always as written).
+    fn labels(
+        &self,
+        utterance: &Utterance,
+        matches: impl Fn(&Pattern, &Utterance) -> bool,
+    ) -> Vec<Intent> {
+        let mut found = Vec::new();
+        for rule in &self.rules {
+            let fires = rule.patterns.iter().any(|(pattern, guard)| {
+                matches(pattern, utterance)
+                    && !guard.as_ref().is_some_and(|g| g.is_match(utterance))
+            });
+            if fires && !rule.unless.iter().any(|u| u.is_match(utterance)) {
+                found.push(rule.label);
+            }
+        }
+        found
     }
 
     /// Which patterns of which labels match `raw` (for `renewal-bot classify`, when
@@ -407,6 +481,28 @@ mod tests {
         check(&r, "不是說過別打了嗎？針凡", DoNotCall);
         check(&r, "我要瓜了", HostileHangup);
         check(&r, "不需了", Decline);
+    }
+
+    #[test]
+    fn a_long_phrase_survives_one_misheard_character() {
+        let r = rules();
+        check(&r, "这个服务我们不打涉用了", Decline);
+        // The first and last characters get no such leeway.
+        assert_eq!(r.classify("这个服务我们甩打算用了").primary(), Unknown);
+    }
+
+    #[test]
+    fn one_slip_variants_cover_only_finite_plain_phrases() {
+        let re = one_slip_regex("不(再|想)?继续用").unwrap().unwrap();
+        assert!(re.is_match("不想继x用"));
+        assert!(re.is_match("不再x续用"));
+        assert!(!re.is_match("x想继续用"));
+        assert!(!re.is_match("不想继续甩"));
+        // 不继续用 has four characters: exact only.
+        assert!(!re.is_match("不继x用"));
+        assert!(one_slip_regex("^不用了$").unwrap().is_none());
+        assert!(one_slip_regex("随便.{0,3}吧").unwrap().is_none());
+        assert!(one_slip_regex("不用").unwrap().is_none());
     }
 
     #[test]

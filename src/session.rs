@@ -38,6 +38,10 @@ pub enum Action {
         /// Call time at which the callee stopped speaking.
         speech_end: Millis,
     },
+    /// The callee went on speaking after an early `Recognize`: its transcript is no longer
+    /// wanted, so the recognizer can skip it if it has not started (a late
+    /// `on_transcript` for it is ignored either way).
+    CancelRecognition { utterance: UtteranceId },
     /// A callee utterance was understood and acted on; store it.
     Turn(TurnRecord),
     /// Put the callee's number on the permanent do-not-call list now.
@@ -320,6 +324,9 @@ impl Session {
             tracing::debug!(call_id = %self.call_id, utterance = early_id, "the callee went on speaking: early result dropped");
             self.in_flight.remove(&early_id);
             self.early_transcripts.remove(&early_id);
+            self.actions.push_back(Action::CancelRecognition {
+                utterance: early_id,
+            });
         }
         let id = self.next_utterance;
         self.next_utterance += 1;

@@ -255,12 +255,28 @@ async fn load_ten_simultaneous_calls() {
     })
     .await;
     let mut events = server.state.subscribe();
-    let cases: Vec<&Case> = manifest
+    // Every outcome that fits in about a minute, then more calls in manifest order: ten
+    // calls that disagree, not ten renewals.
+    let playable: Vec<&Case> = manifest
         .cases
         .iter()
         .filter(|c| c.outcome != "max_duration" && c.turns.iter().all(|t| t.audio.is_some()))
-        .take(10)
         .collect();
+    let mut cases: Vec<&Case> = Vec::new();
+    for case in &playable {
+        if !cases.iter().any(|c| c.outcome == case.outcome) {
+            cases.push(case);
+        }
+    }
+    for case in &playable {
+        if cases.len() >= 10 {
+            break;
+        }
+        if !cases.iter().any(|c| c.name == case.name) {
+            cases.push(case);
+        }
+    }
+    cases.truncate(10);
     let collector = tokio::spawn(async move {
         let mut latencies = Vec::new();
         let mut openings = Vec::new();

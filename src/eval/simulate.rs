@@ -160,6 +160,10 @@ impl Line<'_> {
                     self.transcripts
                         .push((self.now + decode_ms.max(1), utterance, transcript));
                 }
+                Action::CancelRecognition { utterance } => {
+                    // Recognition here is done at once; only its result can be dropped.
+                    self.transcripts.retain(|(_, id, _)| *id != utterance);
+                }
                 Action::Turn(record) => {
                     // The session queues a turn's reply just before the turn itself.
                     let first_reply = match record.reply.len() {

@@ -20,7 +20,7 @@ use crate::session::{
 use crate::store::{NewCall, Store, normalize_number};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -279,6 +279,8 @@ struct CallDriver {
     store: StoreLog,
     asr_tx: mpsc::UnboundedSender<(UtteranceId, Result<Transcript, String>)>,
     asr_rx: mpsc::UnboundedReceiver<(UtteranceId, Result<Transcript, String>)>,
+    /// Recognitions under way, to cancel those the session no longer wants.
+    recognitions: HashMap<UtteranceId, tokio::task::AbortHandle>,
     queue: VecDeque<QueuedPlay>,
     /// When the audio already sent will have finished playing at Twilio.
     playout_end: Instant,
@@ -373,6 +375,7 @@ impl CallDriver {
             store,
             asr_tx,
             asr_rx,
+            recognitions: HashMap::new(),
             queue: VecDeque::new(),
             playout_end: t0,
             pending_turns: Vec::new(),
@@ -424,6 +427,7 @@ impl CallDriver {
                     self.on_message(msg);
                 }
                 Some((utterance, result)) = self.asr_rx.recv() => {
+                    self.recognitions.remove(&utterance);
                     let transcript = match result {
                         Ok(t) => t,
                         Err(err) => {
@@ -499,7 +503,7 @@ impl CallDriver {
                 let tx = self.asr_tx.clone();
                 match self.env.deps.recognizer.clone() {
                     Some(pool) => {
-                        tokio::spawn(
+                        let task = tokio::spawn(
                             async move {
                                 let result = match pool.recognize(audio_16k).await {
                                     Ok((transcript, decode_ms)) => {
@@ -512,10 +516,18 @@ impl CallDriver {
                             }
                             .in_current_span(),
                         );
+                        self.recognitions.insert(utterance, task.abort_handle());
                     }
                     None => {
                         let _ = tx.send((utterance, Err("recognition is disabled".into())));
                     }
+                }
+            }
+            Action::CancelRecognition { utterance } => {
+                // Dropping the task drops its reply channel; a worker that has not started on
+                // the utterance skips it.
+                if let Some(task) = self.recognitions.remove(&utterance) {
+                    task.abort();
                 }
             }
             Action::Turn(turn) => {
