@@ -1269,12 +1269,25 @@ mod tests {
                 no_speech_prob: 0.0,
             },
         );
-        let (now, _) = feed(&mut session, now, &voiced(1_000));
+        let (now, resumed) = feed(&mut session, now, &voiced(1_000));
         let (now, actions) = feed(&mut session, now, &vec![0; 8 * 800]);
         let fresh = recognize_ids(&actions);
         assert!(
             !fresh.is_empty() && !fresh.contains(&early[0]),
             "{actions:?}"
+        );
+        let cancelled: Vec<UtteranceId> = resumed
+            .iter()
+            .chain(&actions)
+            .filter_map(|a| match a {
+                Action::CancelRecognition { utterance } => Some(*utterance),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            cancelled,
+            vec![early[0]],
+            "the early recognition is cancelled"
         );
         assert!(
             !actions.iter().any(|a| matches!(a, Action::Turn(_))),
