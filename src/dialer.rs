@@ -6,14 +6,17 @@
 //! webhooks and the media stream find it.
 
 use crate::store::{NewCall, Store, normalize_number};
-use crate::transport::twilio::config::{DEFAULT_API_BASE, check_public_url};
+use crate::transport::twilio::config::{DEFAULT_API_BASE, TwilioCredentials, check_public_url};
 use crate::transport::twilio::rest::{NewOutboundCall, TwilioRest};
 use anyhow::{Context, bail};
 use tracing::Instrument;
 
-/// `renewal-bot call NUMBER`: place one outbound call.
+/// `renewal-bot call NUMBER`: the command line of [`CallArgs`].
 #[derive(Debug, Clone, clap::Args)]
-pub struct CallArgs {
+#[command(mut_arg("twilio_api_base", |arg| arg
+    .help("Base URL of the Twilio REST API")
+    .default_value(DEFAULT_API_BASE)))]
+pub struct CallFlags {
     /// The callee's number in E.164 form, e.g. +8613800000000 (spaces and dashes are fine).
     pub number: String,
     /// The Twilio number to call from.
@@ -22,23 +25,43 @@ pub struct CallArgs {
     /// The public base URL of `renewal-bot serve` (https://bot.example.com).
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Base URL of the Twilio REST API.
-    #[arg(long, env = "TWILIO_API_BASE", default_value = DEFAULT_API_BASE)]
-    pub twilio_api_base: String,
     /// Seconds to let the phone ring.
     #[arg(long, default_value_t = 30)]
     pub timeout: u32,
-    /// Twilio account SID.
-    #[arg(long = "account-sid", env = "TWILIO_ACCOUNT_SID")]
+    #[command(flatten)]
+    pub twilio: TwilioCredentials,
+}
+
+/// One outbound call to place, as [`place_call`] takes it; see [`CallFlags`] for each field.
+#[derive(Debug, Clone)]
+pub struct CallArgs {
+    pub number: String,
+    pub from: Option<String>,
+    pub public_url: Option<String>,
+    pub twilio_api_base: String,
+    /// Seconds to let the phone ring (5 to 600).
+    pub timeout: u32,
     pub account_sid: Option<String>,
-    /// Twilio auth token (set it in the environment).
-    #[arg(
-        long = "auth-token",
-        env = "TWILIO_AUTH_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
     pub auth_token: Option<String>,
+}
+
+impl From<CallFlags> for CallArgs {
+    fn from(flags: CallFlags) -> CallArgs {
+        let TwilioCredentials {
+            auth_token,
+            account_sid,
+            twilio_api_base,
+        } = flags.twilio;
+        CallArgs {
+            number: flags.number,
+            from: flags.from,
+            public_url: flags.public_url,
+            twilio_api_base: twilio_api_base.unwrap_or_else(|| DEFAULT_API_BASE.to_string()),
+            timeout: flags.timeout,
+            account_sid,
+            auth_token,
+        }
+    }
 }
 
 /// The number as Twilio wants it (E.164), or an error saying how to write it.

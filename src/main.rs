@@ -48,7 +48,7 @@ enum Command {
     /// Answer Twilio Media Streams calls (TwiML webhook, media WebSocket, status callbacks).
     Serve(renewal_bot::transport::twilio::config::ServeArgs),
     /// Place one outbound call through Twilio's Calls API (refused for do-not-call numbers).
-    Call(renewal_bot::dialer::CallArgs),
+    Call(renewal_bot::dialer::CallFlags),
     /// The permanent do-not-call list.
     #[command(subcommand)]
     Dnc(DncCommand),
@@ -144,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Call(args) => {
             let store = open_store(&cli.db)?;
-            let sid = runtime()?.block_on(renewal_bot::dialer::place_call(args, &store))?;
+            let sid = runtime()?.block_on(renewal_bot::dialer::place_call(args.into(), &store))?;
             println!("{sid}");
             Ok(ExitCode::SUCCESS)
         }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 use serde::Serialize;
 use time::{OffsetDateTime, UtcOffset};
 
@@ -375,6 +375,23 @@ impl Store {
         }
     }
 
+    /// Every row of a query, each made a record by `from_row` (e.g. [`CallRow::from_row`]).
+    fn query_rows<T>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+        from_row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params, from_row)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
     /// Record a new, live call. Fails with [`StoreError::DuplicateCall`] if the id is taken
     /// and [`StoreError::BadNumber`] if `to_number` is not a phone number.
     pub fn start_call(&self, call: &NewCall) -> Result<(), StoreError> {
@@ -586,35 +603,27 @@ impl Store {
     /// The whole do-not-call list, oldest first.
     pub fn list_dnc(&self) -> Result<Vec<DncEntry>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT number, reason, source_call_id, added_at FROM do_not_call
+        self.query_rows(
+            &conn,
+            "SELECT number, reason, source_call_id, added_at FROM do_not_call
                  ORDER BY added_at, number",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], dnc_from_row)
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            [],
+            DncEntry::from_row,
+        )
     }
 
     /// The `limit` most recently started calls, newest first.
     pub fn recent_calls(&self, limit: usize) -> Result<Vec<CallRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
+        self.query_rows(
+            &conn,
+            &format!(
                 "SELECT {CALL_COLUMNS} FROM calls ORDER BY started_at DESC, rowid DESC LIMIT ?1"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([limit], call_from_row)
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            ),
+            [limit],
+            CallRow::from_row,
+        )
     }
 
     /// One call, `None` if there is no call with that id.
@@ -623,7 +632,7 @@ impl Store {
         conn.query_row(
             &format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1"),
             [call_id],
-            call_from_row,
+            CallRow::from_row,
         )
         .optional()
         .map_err(|e| self.err(e))
@@ -633,54 +642,26 @@ impl Store {
     pub fn call_turns(&self, call_id: &str) -> Result<Vec<TurnRow>, StoreError> {
         let conn = self.lock();
         self.ensure_call(&conn, call_id)?;
-        let mut stmt = conn
-            .prepare(
-                "SELECT seq, speech_start_ms, speech_end_ms, transcript, intent, intents, reply,
+        self.query_rows(
+            &conn,
+            "SELECT seq, speech_start_ms, speech_end_ms, transcript, intent, intents, reply,
                         latency_ms, recorded_at
                  FROM turns WHERE call_id = ?1 ORDER BY seq",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([call_id], |row| {
-                let intents: String = row.get(5)?;
-                let reply: String = row.get(6)?;
-                Ok(TurnRow {
-                    seq: row.get(0)?,
-                    speech_start_ms: from_sql_u64(row.get(1)?).unwrap_or(0),
-                    speech_end_ms: from_sql_u64(row.get(2)?).unwrap_or(0),
-                    transcript: row.get(3)?,
-                    intent: row.get(4)?,
-                    intents: parse_string_list(&intents),
-                    reply: parse_string_list(&reply),
-                    latency_ms: from_sql_u64(row.get(7)?),
-                    recorded_at: row.get(8)?,
-                })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+            [call_id],
+            TurnRow::from_row,
+        )
     }
 
     /// The events of a call, in order. [`StoreError::UnknownCall`] if there is no such call.
     pub fn call_events(&self, call_id: &str) -> Result<Vec<EventRow>, StoreError> {
         let conn = self.lock();
         self.ensure_call(&conn, call_id)?;
-        let mut stmt = conn
-            .prepare("SELECT at, kind, detail FROM call_events WHERE call_id = ?1 ORDER BY id")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([call_id], |row| {
-                Ok(EventRow {
-                    at: row.get(0)?,
-                    kind: row.get(1)?,
-                    detail: row.get(2)?,
-                })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.query_rows(
+            &conn,
+            "SELECT at, kind, detail FROM call_events WHERE call_id = ?1 ORDER BY id",
+            [call_id],
+            EventRow::from_row,
+        )
     }
 
     /// The call id of the call with this Twilio CallSid (the most recent, should there be
@@ -697,32 +678,70 @@ impl Store {
     }
 }
 
+/// The columns [`CallRow::from_row`] reads, in order.
 const CALL_COLUMNS: &str = "call_id, transport, to_number, from_number, call_sid, stream_sid, \
                             started_at, ended_at, duration_ms, outcome, do_not_call";
 
-fn call_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRow> {
-    Ok(CallRow {
-        call_id: row.get(0)?,
-        transport: row.get(1)?,
-        to_number: row.get(2)?,
-        from_number: row.get(3)?,
-        call_sid: row.get(4)?,
-        stream_sid: row.get(5)?,
-        started_at: row.get(6)?,
-        ended_at: row.get(7)?,
-        duration_ms: from_sql_u64(row.get(8)?),
-        outcome: row.get(9)?,
-        do_not_call: row.get(10)?,
-    })
+impl CallRow {
+    /// A row of `SELECT {CALL_COLUMNS} FROM calls`.
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
+        Ok(CallRow {
+            call_id: row.get(0)?,
+            transport: row.get(1)?,
+            to_number: row.get(2)?,
+            from_number: row.get(3)?,
+            call_sid: row.get(4)?,
+            stream_sid: row.get(5)?,
+            started_at: row.get(6)?,
+            ended_at: row.get(7)?,
+            duration_ms: from_sql_u64(row.get(8)?),
+            outcome: row.get(9)?,
+            do_not_call: row.get(10)?,
+        })
+    }
 }
 
-fn dnc_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DncEntry> {
-    Ok(DncEntry {
-        number: row.get(0)?,
-        reason: row.get(1)?,
-        source_call_id: row.get(2)?,
-        added_at: row.get(3)?,
-    })
+impl DncEntry {
+    /// A row of `SELECT number, reason, source_call_id, added_at FROM do_not_call`.
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<DncEntry> {
+        Ok(DncEntry {
+            number: row.get(0)?,
+            reason: row.get(1)?,
+            source_call_id: row.get(2)?,
+            added_at: row.get(3)?,
+        })
+    }
+}
+
+impl TurnRow {
+    /// A row of `SELECT seq, speech_start_ms, speech_end_ms, transcript, intent, intents,
+    /// reply, latency_ms, recorded_at FROM turns`.
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<TurnRow> {
+        let intents: String = row.get(5)?;
+        let reply: String = row.get(6)?;
+        Ok(TurnRow {
+            seq: row.get(0)?,
+            speech_start_ms: from_sql_u64(row.get(1)?).unwrap_or(0),
+            speech_end_ms: from_sql_u64(row.get(2)?).unwrap_or(0),
+            transcript: row.get(3)?,
+            intent: row.get(4)?,
+            intents: parse_string_list(&intents),
+            reply: parse_string_list(&reply),
+            latency_ms: from_sql_u64(row.get(7)?),
+            recorded_at: row.get(8)?,
+        })
+    }
+}
+
+impl EventRow {
+    /// A row of `SELECT at, kind, detail FROM call_events`.
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<EventRow> {
+        Ok(EventRow {
+            at: row.get(0)?,
+            kind: row.get(1)?,
+            detail: row.get(2)?,
+        })
+    }
 }
 
 /// The spellings under which a normalized number may sit on the do-not-call list. The
@@ -754,7 +773,7 @@ fn find_dnc(conn: &Connection, normalized: &str) -> rusqlite::Result<Option<DncE
             .query_row(
                 "SELECT number, reason, source_call_id, added_at FROM do_not_call WHERE number = ?1",
                 [form],
-                dnc_from_row,
+                DncEntry::from_row,
             )
             .optional()?;
         if entry.is_some() {

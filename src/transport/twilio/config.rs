@@ -1,5 +1,6 @@
 //! Settings of `renewal-bot serve`: command-line flags and environment variables, with an
 //! optional TOML file (`--config FILE`) under them, checked once at start-up.
+//! [`TwilioCredentials`], the Twilio account flags, is shared with `renewal-bot call`.
 //!
 //! Precedence: flag > environment variable > config file > built-in default.
 
@@ -12,8 +13,32 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_API_BASE: &str = "https://api.twilio.com";
 
+/// The Twilio account, as `serve` and `call` take it: flags or environment variables.
+/// A command whose help says more about a flag sets it with `mut_arg`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TwilioCredentials {
+    /// Twilio auth token (set it in the environment): signs Calls API requests and checks
+    /// `X-Twilio-Signature`.
+    #[arg(
+        long = "auth-token",
+        env = "TWILIO_AUTH_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub auth_token: Option<String>,
+    /// Twilio account SID.
+    #[arg(long = "account-sid", env = "TWILIO_ACCOUNT_SID")]
+    pub account_sid: Option<String>,
+    /// Base URL of the Twilio REST API [default: https://api.twilio.com].
+    #[arg(long, env = "TWILIO_API_BASE")]
+    pub twilio_api_base: Option<String>,
+}
+
 /// `renewal-bot serve`: answer Twilio's webhooks and Media Streams.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(mut_arg("account_sid", |arg| arg.help(
+    "Twilio account SID: with the token, lets the server end calls through the Calls API"
+)))]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "LISTEN_ADDR")]
@@ -23,23 +48,13 @@ pub struct ServeArgs {
     /// trusted with https.
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Twilio auth token: checks `X-Twilio-Signature` (set it in the environment).
-    #[arg(
-        long = "auth-token",
-        env = "TWILIO_AUTH_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub auth_token: Option<String>,
-    /// Twilio account SID: with the token, lets the server end calls through the Calls API.
-    #[arg(long = "account-sid", env = "TWILIO_ACCOUNT_SID")]
-    pub account_sid: Option<String>,
+    /// The auth token checks `X-Twilio-Signature`; with the account SID, it lets the server
+    /// end calls through the Calls API.
+    #[command(flatten)]
+    pub twilio: TwilioCredentials,
     /// Accept requests without a valid Twilio signature. Only for local experiments.
     #[arg(long)]
     pub insecure_skip_signature: bool,
-    /// Base URL of the Twilio REST API [default: https://api.twilio.com].
-    #[arg(long, env = "TWILIO_API_BASE")]
-    pub twilio_api_base: Option<String>,
     /// Directory of 李明's clips (with manifest.toml) [default: audio].
     #[arg(long)]
     pub audio_dir: Option<PathBuf>,
@@ -102,6 +117,7 @@ impl ServeArgs {
             .map(|u| check_public_url(&u))
             .transpose()?;
         let auth_token = self
+            .twilio
             .auth_token
             .clone()
             .or(file.auth_token)
@@ -127,11 +143,13 @@ impl ServeArgs {
             public_url,
             auth_token,
             account_sid: self
+                .twilio
                 .account_sid
                 .clone()
                 .or(file.account_sid)
                 .filter(|s| !s.trim().is_empty()),
             twilio_api_base: self
+                .twilio
                 .twilio_api_base
                 .clone()
                 .or(file.twilio_api_base)
@@ -205,7 +223,10 @@ mod tests {
         .unwrap();
         let args = ServeArgs {
             public_url: Some("https://flag.example.com".into()),
-            auth_token: Some("tok".into()),
+            twilio: TwilioCredentials {
+                auth_token: Some("tok".into()),
+                ..Default::default()
+            },
             config: Some(path),
             ..Default::default()
         };

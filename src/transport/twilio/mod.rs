@@ -4,7 +4,7 @@
 //!
 //! - [`protocol`] — the WebSocket messages and the TwiML, no I/O;
 //! - [`signature`] — `X-Twilio-Signature`;
-//! - [`config`] — `serve` settings;
+//! - [`config`] — `serve` settings, and the Twilio account flags `call` shares;
 //! - [`server`] — the axum app and graceful shutdown;
 //! - [`call`] — the per-call driver (pacing, marks, barge-in, recognition, store);
 //! - [`rest`] — the Calls API client.
@@ -17,5 +17,5 @@ pub mod server;
 pub mod signature;
 
 pub use call::{CallDeps, CallEvent};
-pub use config::{ServeArgs, ServeConfig};
+pub use config::{ServeArgs, ServeConfig, TwilioCredentials};
 pub use server::{AppState, SharedDeps, router, serve};

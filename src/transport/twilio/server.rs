@@ -7,7 +7,8 @@
 //! - `GET /healthz`.
 //!
 //! Every Twilio request must carry a valid `X-Twilio-Signature` (403 otherwise), checked
-//! against the URL Twilio used: the public base URL plus the request's path and query.
+//! against the URL Twilio used: the public base URL plus the request's path and query. The
+//! two webhooks get their checked form parameters from the `SignedForm` extractor.
 
 use crate::asr::RecognizerPool;
 use crate::audio::clips::ClipLibrary;
@@ -18,8 +19,8 @@ use crate::store::Store;
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -194,6 +195,37 @@ impl IntoResponse for Rejected {
     }
 }
 
+/// The form parameters of a webhook (`POST /twiml`, `POST /status`) whose signature checked
+/// out: rejects like [`AppState::verify`] (403, or 400 for a bad form body when signatures
+/// are not checked); a body that cannot be read gets axum's own rejection.
+struct SignedForm(HashMap<String, String>);
+
+impl SignedForm {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// The parameter, or `""` when Twilio did not send it.
+    fn text(&self, key: &str) -> String {
+        self.get(key).unwrap_or_default().to_string()
+    }
+}
+
+impl FromRequest<AppState> for SignedForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (headers, uri) = (req.headers().clone(), req.uri().clone());
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let params = state
+            .verify(&headers, &uri, &body, false)
+            .map_err(IntoResponse::into_response)?;
+        Ok(SignedForm(params.into_iter().collect()))
+    }
+}
+
 /// The app: routes and state. Tests bind it to 127.0.0.1:0 themselves.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -217,24 +249,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.ok()
 }
 
-async fn twiml(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let params = match state.verify(&headers, &uri, &body, false) {
-        Ok(p) => p,
-        Err(rejected) => return rejected.into_response(),
-    };
-    let p: HashMap<&str, &str> = params
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let call_sid = p.get("CallSid").copied().unwrap_or_default().to_string();
-    let to = p.get("To").copied().unwrap_or_default().to_string();
-    let from = p.get("From").copied().unwrap_or_default().to_string();
-    let answered_by = p.get("AnsweredBy").copied().unwrap_or_default().to_string();
+async fn twiml(State(state): State<AppState>, headers: HeaderMap, form: SignedForm) -> Response {
+    let call_sid = form.text("CallSid");
+    let to = form.text("To");
+    let from = form.text("From");
+    let answered_by = form.text("AnsweredBy");
 
     let store = state.store().clone();
     let lookup = {
@@ -305,29 +324,16 @@ fn is_final_status(status: &str) -> bool {
     )
 }
 
-async fn status(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let params = match state.verify(&headers, &uri, &body, false) {
-        Ok(p) => p,
-        Err(rejected) => return rejected.into_response(),
-    };
-    let p: HashMap<&str, &str> = params
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let call_sid = p.get("CallSid").copied().unwrap_or_default().to_string();
-    let call_status = p.get("CallStatus").copied().unwrap_or_default().to_string();
-    let duration_ms = p
+async fn status(State(state): State<AppState>, form: SignedForm) -> Response {
+    let call_sid = form.text("CallSid");
+    let call_status = form.text("CallStatus");
+    let duration_ms = form
         .get("CallDuration")
         .and_then(|d| d.parse::<u64>().ok())
         .map_or(0, |s| s * 1_000);
     let mut detail = call_status.clone();
     for key in ["AnsweredBy", "CallDuration", "SipResponseCode", "ErrorCode"] {
-        if let Some(v) = p.get(key) {
+        if let Some(v) = form.get(key) {
             detail.push_str(&format!(" {key}={v}"));
         }
     }
