@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Renders the callee fixtures: tests/fixtures/calls.toml (+ wav/) and
-tests/fixtures/holdout/calls.toml (+ wav/) from tools/tts/fixtures.toml.
+"""Renders the callee fixtures: tests/fixtures/calls.toml (+ wav/),
+tests/fixtures/holdout/calls.toml (+ wav/) and tests/fixtures/blind/calls.toml (+ wav/) from
+tools/tts/fixtures.toml.
 
 Every case is checked against the dialog policy before anything is rendered: the expected
 outcome in fixtures.toml must be what script/dialog.toml + shared/scenario.md give for the
@@ -15,7 +16,8 @@ telephone round trip (8 kHz, 300–3400 Hz band-pass, G.711 μ-law encode+decode
 16-bit PCM mono WAV at the case's rate (8 kHz, or 16 kHz upsampled from the 8 kHz line).
 Unchanged turns are not re-rendered (cache in tools/tts/.cache/fixtures-cache.json).
 
-Usage: tools/tts/.cache/venv/bin/python tools/tts/render_fixtures.py [--check] [--set main|holdout]
+Usage: tools/tts/.cache/venv/bin/python tools/tts/render_fixtures.py [--check]
+       [--set main|holdout|blind]...   (default: all sets; every set is validated either way)
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ CACHE_FILE = ttslib.CACHE / "fixtures-cache.json"
 RENDER_VERSION = 3  # bump to re-render every turn after changing the audio chain
 PAD_S = 0.3
 LI_MING = "zm_yunjian"
+# Fixture sets in fixtures.toml (`[[main]]`, `[[holdout]]`, `[[blind]]`) and where each is
+# rendered, under tests/fixtures/. A set may share no sentence and no voice with the sets
+# listed before it.
+SETS = {"main": "", "holdout": "holdout", "blind": "blind"}
+SET_TITLES = {"main": "main", "holdout": "held-out", "blind": "blind"}
 
 OUTCOMES = ["self_service", "declined", "do_not_call", "written_only", "closing_account",
             "hostile", "callee_hangup", "no_response", "wrong_person", "max_duration"]
@@ -232,7 +239,7 @@ def norm_text(s: str) -> str:
 
 def load_cases(data: dict, set_name: str) -> list[dict]:
     cases = []
-    for c in data[set_name]:
+    for c in data.get(set_name, []):
         turns = []
         for t in c["turns"]:
             text, intent = t[0], t[1]
@@ -314,29 +321,31 @@ def write_manifest(path: Path, cases: list[dict], header: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="validate fixtures.toml only")
-    ap.add_argument("--set", choices=["main", "holdout"], action="append")
+    ap.add_argument("--set", choices=list(SETS), action="append")
     args = ap.parse_args()
-    sets = args.set or ["main", "holdout"]
+    sets = args.set or list(SETS)
 
     data = ttslib.load_toml(DATA)
     policy = Policy()
     manifest = ttslib.load_toml(REPO / "audio" / "manifest.toml")
     clip_ms = {c["id"]: int(c["duration_ms"]) for c in manifest["clip"]}
-    all_sets = {s: load_cases(data, s) for s in ("main", "holdout")}
+    all_sets = {s: load_cases(data, s) for s in SETS}
 
     errors = []
     for s, cases in all_sets.items():
         errors += validate(policy, cases, clip_ms, s)
-    # no sentence may appear in both sets; no voice of the hold-out set in the main set
-    main_texts = {norm_text(t["text"]) for c in all_sets["main"] for t in c["turns_parsed"]}
-    for c in all_sets["holdout"]:
-        for t in c["turns_parsed"]:
-            if norm_text(t["text"]) in main_texts:
-                errors.append(f"holdout {c['name']}: sentence also in the main set: {t['text']}")
-    main_voices = {c["voice"] for c in all_sets["main"]}
-    for c in all_sets["holdout"]:
-        if c["voice"] in main_voices:
-            errors.append(f"holdout {c['name']}: voice {c['voice']} is used in the main set")
+    # no sentence of a set may appear in an earlier set; no voice of a set in an earlier set
+    order = list(SETS)
+    for j, s in enumerate(order[1:], 1):
+        for e in order[:j]:
+            e_texts = {norm_text(t["text"]) for c in all_sets[e] for t in c["turns_parsed"]}
+            e_voices = {c["voice"] for c in all_sets[e]}
+            for c in all_sets[s]:
+                for t in c["turns_parsed"]:
+                    if norm_text(t["text"]) in e_texts:
+                        errors.append(f"{s} {c['name']}: sentence also in the {e} set: {t['text']}")
+                if c["voice"] in e_voices:
+                    errors.append(f"{s} {c['name']}: voice {c['voice']} is used in the {e} set")
     if any(LI_MING in c["voice"] for cs in all_sets.values() for c in cs):
         errors.append(f"{LI_MING} is 李明's voice; callee fixtures must not use it")
     if errors:
@@ -352,7 +361,7 @@ def main() -> int:
     cache = json.loads(CACHE_FILE.read_text()) if CACHE_FILE.exists() else {}
     k = None
     for s in sets:
-        out_dir = REPO / "tests" / "fixtures" / ("" if s == "main" else "holdout")
+        out_dir = REPO / "tests" / "fixtures" / SETS[s]
         wav_dir = out_dir / "wav"
         wav_dir.mkdir(parents=True, exist_ok=True)
         cases = all_sets[s]
@@ -400,7 +409,7 @@ def main() -> int:
                 print(f"  {c['name']}: last turn ends {tl['speech_end']['nom']:.1f} s, "
                       f"last reply {spans}")
         header = (
-            f"# Callee fixtures ({'main' if s == 'main' else 'held-out'} set), generated by "
+            f"# Callee fixtures ({SET_TITLES[s]} set), generated by "
             "tools/tts/render_fixtures.py from tools/tts/fixtures.toml.\n"
             "# Format: shared/scenario.md (eval contract). Do not edit by hand.\n"
             "# Audio: Kokoro-82M voices, 0.3 s silence at both ends, some with noise, telephone\n"
@@ -409,6 +418,10 @@ def main() -> int:
         if s == "holdout":
             header += ("# Held out: phrasings and voices not used in tests/fixtures/calls.toml; "
                        "for checking generalization, not for tuning rules.\n")
+        elif s == "blind":
+            header += ("# Blind: written without looking at script/intents.toml, "
+                       "tests/fixtures/phrasings.txt or the other sets' sentences; voices not used "
+                       "in the other sets. For measuring generalization only: never tune rules on it.\n")
         write_manifest(out_dir / "calls.toml", cases, header)
         n_turns = sum(len(c["turns_parsed"]) for c in cases)
         print(f"{s}: wrote {out_dir / 'calls.toml'} ({len(cases)} cases, {n_turns} turns)")
