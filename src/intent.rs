@@ -75,17 +75,16 @@ impl Pattern {
         })
     }
 
-    fn is_match(&self, utterance: &Utterance) -> bool {
-        utterance
-            .forms
+    fn is_match(&self, forms: &[Form]) -> bool {
+        forms
             .iter()
             .any(|(plain, alike)| self.exact.is_match(plain) || self.sound_alike.is_match(alike))
     }
 
-    fn is_match_with_one_slip(&self, utterance: &Utterance) -> bool {
+    fn is_match_with_one_slip(&self, forms: &[Form]) -> bool {
         self.one_slip
             .as_ref()
-            .is_some_and(|re| utterance.forms.iter().any(|(plain, _)| re.is_match(plain)))
+            .is_some_and(|re| forms.iter().any(|(plain, _)| re.is_match(plain)))
     }
 }
 
@@ -142,19 +141,62 @@ struct Rule {
     unless: Vec<Pattern>,
 }
 
+/// A normalized text and its sound-alike form.
+type Form = (String, String);
+
 /// The forms of one utterance that patterns are tried on.
 struct Utterance {
-    forms: Vec<(String, String)>,
+    normalized: String,
+    /// The whole utterance, and without fillers at its ends.
+    whole: Vec<Form>,
+    /// `whole`, plus each clause of a several-clause utterance (可以可以，说吧 → 可以可以,
+    /// 说吧) the same way, so that patterns describing a whole short answer find it inside a
+    /// longer reply. Only for labels that do not decide the outcome: a clause such as 不是
+    /// opens many sentences that are no denial.
+    with_clauses: Vec<Form>,
 }
 
 impl Utterance {
-    fn new(normalized: &str) -> Utterance {
+    fn new(raw: &str) -> Utterance {
+        let normalized = text::normalize(raw);
+        let whole = Self::forms(&normalized);
+        let mut with_clauses = whole.clone();
+        let clauses: Vec<String> = raw
+            .split(|c: char| !c.is_alphanumeric() && !c.is_whitespace())
+            .map(text::normalize)
+            .filter(|c| !c.is_empty())
+            .collect();
+        if clauses.len() > 1 {
+            // A clause that is all filler (喂，…) says nothing on its own.
+            for clause in &clauses {
+                let core = clause.trim_matches(FILLERS);
+                if !core.is_empty() {
+                    with_clauses.push((core.to_string(), text::sound_alike(core)));
+                }
+            }
+        }
+        Utterance {
+            normalized,
+            whole,
+            with_clauses,
+        }
+    }
+
+    fn forms_for(&self, label: Intent) -> &[Form] {
+        if label.is_decisive() {
+            &self.whole
+        } else {
+            &self.with_clauses
+        }
+    }
+
+    fn forms(normalized: &str) -> Vec<Form> {
         let mut forms = vec![(normalized.to_string(), text::sound_alike(normalized))];
         let core = normalized.trim_matches(FILLERS);
         if !core.is_empty() && core != normalized {
             forms.push((core.to_string(), text::sound_alike(core)));
         }
-        Utterance { forms }
+        forms
     }
 }
 
@@ -296,8 +338,8 @@ impl IntentRules {
     /// Labels one utterance. Decisive labels come first, by the outcome precedence of
     /// `scenario.md`; then the others in `report_order`; `unknown` when nothing matched.
     pub fn classify(&self, raw: &str) -> Classification {
-        let normalized = text::normalize(raw);
-        let utterance = Utterance::new(&normalized);
+        let utterance = Utterance::new(raw);
+        let normalized = utterance.normalized.clone();
         let mut found: Vec<Intent> = Vec::new();
         if !normalized.is_empty() {
             found = self.labels(&utterance, Pattern::is_match);
@@ -339,15 +381,15 @@ impl IntentRules {
     fn labels(
         &self,
         utterance: &Utterance,
-        matches: impl Fn(&Pattern, &Utterance) -> bool,
+        matches: impl Fn(&Pattern, &[Form]) -> bool,
     ) -> Vec<Intent> {
         let mut found = Vec::new();
         for rule in &self.rules {
+            let forms = utterance.forms_for(rule.label);
             let fires = rule.patterns.iter().any(|(pattern, guard)| {
-                matches(pattern, utterance)
-                    && !guard.as_ref().is_some_and(|g| g.is_match(utterance))
+                matches(pattern, forms) && !guard.as_ref().is_some_and(|g| g.is_match(forms))
             });
-            if fires && !rule.unless.iter().any(|u| u.is_match(utterance)) {
+            if fires && !rule.unless.iter().any(|u| u.is_match(&utterance.whole)) {
                 found.push(rule.label);
             }
         }
@@ -357,13 +399,14 @@ impl IntentRules {
     /// Which patterns of which labels match `raw` (for `renewal-bot classify`, when
     /// tuning the rules): `(label, pattern, vetoed by unless/guard)`.
     pub fn explain(&self, raw: &str) -> Vec<(Intent, String, bool)> {
-        let utterance = Utterance::new(&text::normalize(raw));
+        let utterance = Utterance::new(raw);
         let mut hits = Vec::new();
         for rule in &self.rules {
-            let vetoed_by_unless = rule.unless.iter().any(|u| u.is_match(&utterance));
+            let forms = utterance.forms_for(rule.label);
+            let vetoed_by_unless = rule.unless.iter().any(|u| u.is_match(&utterance.whole));
             for (pattern, guard) in &rule.patterns {
-                if pattern.is_match(&utterance) {
-                    let guarded = guard.as_ref().is_some_and(|g| g.is_match(&utterance));
+                if pattern.is_match(forms) {
+                    let guarded = guard.as_ref().is_some_and(|g| g.is_match(forms));
                     hits.push((
                         rule.label,
                         pattern.source.clone(),
@@ -481,6 +524,16 @@ mod tests {
         check(&r, "不是說過別打了嗎？針凡", DoNotCall);
         check(&r, "我要瓜了", HostileHangup);
         check(&r, "不需了", Decline);
+    }
+
+    #[test]
+    fn a_short_answer_inside_a_longer_reply_is_found_clause_by_clause() {
+        let r = rules();
+        check(&r, "好好，你说吧", ConfirmIdentity);
+        check(&r, "喂，是我。", ConfirmIdentity);
+        // Clauses never decide the outcome: 不是 here opens a complaint.
+        let opened = r.classify("不是，你们怎么又打来了");
+        assert!(!opened.has(WrongPerson), "{opened:?}");
     }
 
     #[test]
