@@ -74,6 +74,30 @@ fn fixture_calls_from_reference_text_meet_the_rule_targets() {
     assert_eq!(s.dnc_correct, s.dnc_total, "do-not-call from text");
 }
 
+/// The held-out and blind sets (other voices, other phrasings; both since used to find
+/// rule gaps) must read as well from their reference texts as the main set.
+#[test]
+fn other_fixture_sets_from_reference_text_meet_the_rule_targets() {
+    for manifest in [
+        "tests/fixtures/holdout/calls.toml",
+        "tests/fixtures/blind/calls.toml",
+    ] {
+        let s = evaluate(&root().join(manifest), true).summary;
+        assert!(
+            ratio(s.intent_correct, s.turns) >= 0.98 && ratio(s.outcome_correct, s.cases) >= 0.98,
+            "{manifest}: intents {}/{}, outcomes {}/{} from text",
+            s.intent_correct,
+            s.turns,
+            s.outcome_correct,
+            s.cases
+        );
+        assert_eq!(
+            s.dnc_correct, s.dnc_total,
+            "{manifest}: do-not-call from text"
+        );
+    }
+}
+
 #[test]
 fn fixture_calls_from_audio_meet_the_recognition_targets() {
     let report = evaluate(&root().join("tests/fixtures/calls.toml"), false);
