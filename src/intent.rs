@@ -1,5 +1,6 @@
 //! Intent rules: `script/intents.toml` loaded into regular expressions that label one
-//! callee utterance, tolerant of recognition slips through the sound-alike text form.
+//! callee utterance, tolerant of recognition slips through the sound-alike text form,
+//! clause-by-clause short answers and one misheard character in long phrases.
 
 use crate::labels::Intent;
 use crate::text;
