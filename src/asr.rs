@@ -230,11 +230,14 @@ impl WhisperEngine {
         let fitted = audio_16k.len() / 320 + 128;
         let (first, tokens) = self.decode(audio_16k, fitted.max(self.config.min_audio_ctx))?;
         let short = (audio_16k.len() as u64) < self.config.short_below_ms * 16;
+        if !short || first.text.is_empty() || self.short_answers.is_empty() {
+            return Ok(first);
+        }
         let understood = match &self.config.understood {
             Some(TextCheck(check)) => check(&first.text),
             None => true,
         };
-        if !short || first.text.is_empty() || understood || self.short_answers.is_empty() {
+        if understood {
             return Ok(first);
         }
         let (free_fit, best) = self
