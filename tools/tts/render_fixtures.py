@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renders the callee fixtures: tests/fixtures/calls.toml (+ wav/),
-tests/fixtures/holdout/calls.toml (+ wav/) and tests/fixtures/blind/calls.toml (+ wav/) from
-tools/tts/fixtures.toml.
+tests/fixtures/holdout/calls.toml (+ wav/), tests/fixtures/blind/calls.toml (+ wav/) and
+tests/fixtures/blind2/calls.toml (+ wav/) from tools/tts/fixtures.toml.
 
 Every case is checked against the dialog policy before anything is rendered: the expected
 outcome in fixtures.toml must be what script/dialog.toml + shared/scenario.md give for the
@@ -17,7 +17,7 @@ telephone round trip (8 kHz, 300–3400 Hz band-pass, G.711 μ-law encode+decode
 Unchanged turns are not re-rendered (cache in tools/tts/.cache/fixtures-cache.json).
 
 Usage: tools/tts/.cache/venv/bin/python tools/tts/render_fixtures.py [--check]
-       [--set main|holdout|blind]...   (default: all sets; every set is validated either way)
+       [--set main|holdout|blind|blind2]...   (default: all sets; every set is validated either way)
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ CACHE_FILE = ttslib.CACHE / "fixtures-cache.json"
 RENDER_VERSION = 3  # bump to re-render every turn after changing the audio chain
 PAD_S = 0.3
 LI_MING = "zm_yunjian"
-# Fixture sets in fixtures.toml (`[[main]]`, `[[holdout]]`, `[[blind]]`) and where each is
-# rendered, under tests/fixtures/. A set may share no sentence and no voice with the sets
-# listed before it.
-SETS = {"main": "", "holdout": "holdout", "blind": "blind"}
-SET_TITLES = {"main": "main", "holdout": "held-out", "blind": "blind"}
+# Fixture sets in fixtures.toml (`[[main]]`, `[[holdout]]`, `[[blind]]`, `[[blind2]]`) and
+# where each is rendered, under tests/fixtures/. A set may share no sentence and no voice
+# with the sets listed before it.
+SETS = {"main": "", "holdout": "holdout", "blind": "blind", "blind2": "blind2"}
+SET_TITLES = {"main": "main", "holdout": "held-out", "blind": "blind", "blind2": "second blind"}
 
 OUTCOMES = ["self_service", "declined", "do_not_call", "written_only", "closing_account",
             "hostile", "callee_hangup", "no_response", "wrong_person", "max_duration"]
@@ -175,6 +175,14 @@ def check_max_duration(name: str, timing: dict) -> str | None:
 
 
 # --------------------------------------------------------------------------- audio
+
+def voice_key(voice: str) -> tuple:
+    """The blend a voice string stands for, order and notation aside: `a+b`, `b+a` and
+    `a:0.5+b:0.5` are the same voice (weights default to an equal share)."""
+    parts = [p.partition(":") for p in voice.split("+")]
+    n = len(parts)
+    return tuple(sorted((name, round(float(w) if w else 1.0 / n, 3)) for name, _, w in parts))
+
 
 def voice_style(k: ttslib.Kokoro, voice: str) -> str:
     """`a+b` or `a:0.6+b:0.4` blends voice styles; registers the blend under its name."""
@@ -339,12 +347,12 @@ def main() -> int:
     for j, s in enumerate(order[1:], 1):
         for e in order[:j]:
             e_texts = {norm_text(t["text"]) for c in all_sets[e] for t in c["turns_parsed"]}
-            e_voices = {c["voice"] for c in all_sets[e]}
+            e_voices = {voice_key(c["voice"]) for c in all_sets[e]}
             for c in all_sets[s]:
                 for t in c["turns_parsed"]:
                     if norm_text(t["text"]) in e_texts:
                         errors.append(f"{s} {c['name']}: sentence also in the {e} set: {t['text']}")
-                if c["voice"] in e_voices:
+                if voice_key(c["voice"]) in e_voices:
                     errors.append(f"{s} {c['name']}: voice {c['voice']} is used in the {e} set")
     if any(LI_MING in c["voice"] for cs in all_sets.values() for c in cs):
         errors.append(f"{LI_MING} is 李明's voice; callee fixtures must not use it")
@@ -422,6 +430,11 @@ def main() -> int:
             header += ("# Blind: written without looking at script/intents.toml, "
                        "tests/fixtures/phrasings.txt or the other sets' sentences; voices not used "
                        "in the other sets. For measuring generalization only: never tune rules on it.\n")
+        elif s == "blind2":
+            header += ("# Second blind set: written without looking at script/intents.toml, "
+                       "tests/fixtures/phrasings.txt or any other set's sentences; voice blends not "
+                       "used in the other sets. For measuring generalization only: never tune rules "
+                       "on it.\n")
         write_manifest(out_dir / "calls.toml", cases, header)
         n_turns = sum(len(c["turns_parsed"]) for c in cases)
         print(f"{s}: wrote {out_dir / 'calls.toml'} ({len(cases)} cases, {n_turns} turns)")
