@@ -57,13 +57,14 @@ pub enum AsrError {
     Closed,
 }
 
-/// Says whether a transcript means something to the dialogue (the intent rules); short
-/// utterances that do not are checked against the expected short answers.
+/// The intent the dialogue's rules read in a transcript: short utterances read as nothing
+/// are checked against the expected short answers, and short ones read as deciding the
+/// call are read again without the domain prompt.
 #[derive(Clone)]
-pub struct TextCheck(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+pub struct TextCheck(Arc<dyn Fn(&str) -> Intent + Send + Sync>);
 
 impl TextCheck {
-    pub fn new(check: impl Fn(&str) -> bool + Send + Sync + 'static) -> TextCheck {
+    pub fn new(check: impl Fn(&str) -> Intent + Send + Sync + 'static) -> TextCheck {
         TextCheck(Arc::new(check))
     }
 }
@@ -89,9 +90,9 @@ pub struct AsrConfig {
     /// Smallest encoder context (in 20 ms frames) for short utterances: a context sized to
     /// the audio is fast, but one-word answers come out better with more.
     pub min_audio_ctx: usize,
-    /// Says whether a transcript means something to the dialogue; without it every
-    /// transcript is taken as it is.
-    pub understood: Option<TextCheck>,
+    /// What a transcript means to the dialogue; without it every transcript is taken as
+    /// it is.
+    pub reading: Option<TextCheck>,
     /// Replies a callee commonly gives: an utterance shorter than `short_below_ms` whose
     /// transcript is not understood is scored against them (see `short_answers`) and read
     /// as the best one that fits the audio within its margin of whisper's free transcript.
@@ -121,7 +122,7 @@ impl AsrConfig {
             prompt: DEFAULT_PROMPT.to_string(),
             no_speech_threshold: 0.8,
             min_audio_ctx: 512,
-            understood: None,
+            reading: None,
             short_below_ms: 2_000,
             short_answers: Vec::new(),
         }
@@ -147,8 +148,8 @@ impl AsrConfig {
             })
             .collect();
         let script = Arc::clone(script);
-        config.understood = Some(TextCheck::new(move |text| {
-            script.rules.classify(text).primary() != Intent::Unknown
+        config.reading = Some(TextCheck::new(move |text| {
+            script.rules.classify(text).primary()
         }));
         config
     }
@@ -176,6 +177,7 @@ pub trait Recognizer: Send + Sync {
 
 /// One whisper decoder with its own state; not shared between threads.
 pub struct WhisperEngine {
+    model: Arc<WhisperModel>,
     state: WhisperState,
     config: AsrConfig,
     short_answers: ShortAnswers,
@@ -201,7 +203,7 @@ impl WhisperModel {
         Ok(Arc::new(WhisperModel { context }))
     }
 
-    pub fn engine(&self, config: AsrConfig) -> Result<WhisperEngine, AsrError> {
+    pub fn engine(self: &Arc<Self>, config: AsrConfig) -> Result<WhisperEngine, AsrError> {
         let state = self
             .context
             .create_state()
@@ -215,6 +217,7 @@ impl WhisperModel {
                 reason: format!("cannot tokenize the short answers: {e}"),
             })?;
         Ok(WhisperEngine {
+            model: Arc::clone(self),
             state,
             config,
             short_answers,
@@ -233,11 +236,15 @@ impl WhisperEngine {
         if !short || first.text.is_empty() || self.short_answers.is_empty() {
             return Ok(first);
         }
-        let understood = match &self.config.understood {
-            Some(TextCheck(check)) => check(&first.text),
-            None => true,
+        let read = |text: &str| match &self.config.reading {
+            Some(TextCheck(read)) => read(text),
+            None => Intent::Acknowledge,
         };
-        if understood {
+        let intent = read(&first.text);
+        if intent.is_decisive() {
+            return self.confirm_decisive(first, intent, audio_16k.len());
+        }
+        if intent != Intent::Unknown {
             return Ok(first);
         }
         let (free_fit, best) = self
@@ -256,6 +263,42 @@ impl WhisperEngine {
                 no_speech_prob: first.no_speech_prob,
             },
             None => first,
+        })
+    }
+
+    /// A short utterance read as deciding the call (不续了, 挂了) is read again without the
+    /// domain prompt, whose phrases whisper echoes for a garbled 哦 (measured: 哦 → 不许).
+    /// The decision stands only if that reading decides too; otherwise the neutral reading
+    /// is what the callee said.
+    fn confirm_decisive(
+        &mut self,
+        first: Transcript,
+        intent: Intent,
+        samples: usize,
+    ) -> Result<Transcript, AsrError> {
+        let max_tokens = (samples / 16_000 + 1) * 10 + 8;
+        let tokens = self
+            .short_answers
+            .reread_without_prompt(&mut self.state, self.config.threads_per_worker, max_tokens)
+            .map_err(|e| AsrError::Inference(e.to_string()))?;
+        let mut bytes = Vec::new();
+        for token in tokens {
+            if let Ok(piece) = self.model.context.token_to_bytes(token) {
+                bytes.extend_from_slice(piece);
+            }
+        }
+        let neutral = clean_transcript(&String::from_utf8_lossy(&bytes), &self.config.prompt);
+        let neutral_intent = match &self.config.reading {
+            Some(TextCheck(read)) => read(&neutral),
+            None => intent,
+        };
+        tracing::debug!(prompted = %first.text, %intent, %neutral, %neutral_intent, "decisive short reply read again");
+        if neutral_intent.is_decisive() {
+            return Ok(first);
+        }
+        Ok(Transcript {
+            text: neutral,
+            no_speech_prob: first.no_speech_prob,
         })
     }
 

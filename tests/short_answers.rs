@@ -74,3 +74,24 @@ fn garbled_short_replies_are_read_as_the_short_answer_they_fit() {
         "without short answers these should mostly be unknown: {without:?}"
     );
 }
+
+/// A lone 哦 that whisper, led by the domain prompt, writes as 不许 (read as 不续, decline):
+/// a short reply decides the call only if a reading without the prompt decides too.
+#[test]
+fn a_garbled_backchannel_never_decides_the_call() {
+    let script = Arc::new(Script::load(&root().join("script")).expect("script loads"));
+    let model = root().join(AsrConfig::default_model_path());
+    let pool = RecognizerPool::start(AsrConfig::for_script(model, &script)).expect("model loads");
+    let audio = wav::read_mono(&root().join("tests/fixtures/blind/wav/bl-hangup-midway-2.wav"))
+        .and_then(|a| a.to_rate(ASR_RATE))
+        .expect("fixture WAV reads");
+    let (transcript, _) = pool
+        .recognize_blocking(audio.samples)
+        .expect("recognition runs");
+    let intent = script.rules.classify(&transcript.text).primary();
+    assert!(
+        !intent.is_decisive(),
+        "哦 was heard as {:?} ({intent})",
+        transcript.text
+    );
+}

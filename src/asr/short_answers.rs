@@ -1,12 +1,20 @@
-//! Short-answer verification: whisper's own decoder scores a list of replies callees commonly
+//! Short-reply verification: whisper's own decoder scores a list of replies callees commonly
 //! give (是我, 好的, 不续了…) against the utterance it has just encoded, so a one-word answer
 //! that free decoding garbles (嗯行吧 → 你醒吧) can still be read as the reply the audio fits.
 //!
 //! The encoder output of the first pass is reused; each answer costs one decoder step per
 //! token, shared between answers with a common beginning (a token trie walked depth first)
-//! and skipped as soon as its beginning is already too unlikely to win.
+//! and skipped as soon as its beginning is already too unlikely to win. The same encoder
+//! output can also be read again greedily with only a neutral prompt, to check a short reply
+//! the domain prompt may have put words into.
 
 use whisper_rs::{WhisperContext, WhisperState, WhisperTokenId};
+
+/// The part of the recognizer's prompt that only sets the language and register.
+const NEUTRAL_PROMPT: &str = "以下是普通话的电话对话。";
+
+/// Whisper's token for a lone space, never a transcript's first token.
+const BLANK: usize = 220;
 
 /// A reply to listen for, and how much less likely than whisper's own transcript it may be
 /// and still be taken (log probability; 0 means it must fit the audio better).
@@ -34,6 +42,8 @@ pub struct ShortAnswers {
     /// What whisper's decoder sees before the transcript: previous-text marker, the prompt,
     /// start of transcript, language, task, no timestamps (as `whisper_full` builds it).
     prefix: Vec<WhisperTokenId>,
+    /// The same with only the neutral first sentence of the prompt.
+    neutral_prefix: Vec<WhisperTokenId>,
     end_of_text: WhisperTokenId,
     answers: Vec<ShortAnswer>,
     tokenized: Vec<Tokenized>,
@@ -82,16 +92,22 @@ impl ShortAnswers {
         answers: &[ShortAnswer],
     ) -> Result<ShortAnswers, whisper_rs::WhisperError> {
         let zh = whisper_rs::get_lang_id("zh").unwrap_or(1);
-        let mut prefix = vec![context.token_prev()];
-        if !prompt.is_empty() {
-            prefix.extend(context.tokenize(prompt, 512)?);
-        }
-        prefix.extend([
-            context.token_sot(),
-            context.token_lang(zh),
-            context.token_transcribe(),
-            context.token_not(),
-        ]);
+        let decoder_prefix =
+            |prompt: &str| -> Result<Vec<WhisperTokenId>, whisper_rs::WhisperError> {
+                let mut prefix = vec![context.token_prev()];
+                if !prompt.is_empty() {
+                    prefix.extend(context.tokenize(prompt, 512)?);
+                }
+                prefix.extend([
+                    context.token_sot(),
+                    context.token_lang(zh),
+                    context.token_transcribe(),
+                    context.token_not(),
+                ]);
+                Ok(prefix)
+            };
+        let prefix = decoder_prefix(prompt)?;
+        let neutral_prefix = decoder_prefix(NEUTRAL_PROMPT)?;
         // Whisper ends most transcripts with a full stop or question mark: each answer is
         // tried bare and with either.
         let mut tokenized = Vec::new();
@@ -105,11 +121,44 @@ impl ShortAnswers {
         }
         Ok(ShortAnswers {
             prefix,
+            neutral_prefix,
             end_of_text: context.token_eot(),
             widest_margin: answers.iter().map(|a| a.margin).fold(0.0, f32::max),
             answers: answers.to_vec(),
             tokenized,
         })
+    }
+
+    /// Greedy decoding of the audio the state last encoded with only a neutral prompt
+    /// (simplified Mandarin, no expected phrases); at most `max_tokens` text tokens.
+    pub fn reread_without_prompt(
+        &self,
+        state: &mut WhisperState,
+        threads: usize,
+        max_tokens: usize,
+    ) -> Result<Vec<WhisperTokenId>, whisper_rs::WhisperError> {
+        let mut tokens = Vec::new();
+        state.decode(&self.neutral_prefix, 0, threads)?;
+        while tokens.len() < max_tokens {
+            let logits = state.get_logits()?;
+            // Text tokens and the end of text only; no blank first token (as whisper_full).
+            let next = logits[..=self.end_of_text as usize]
+                .iter()
+                .enumerate()
+                .filter(|&(id, _)| {
+                    !(tokens.is_empty() && (id == BLANK || id == self.end_of_text as usize))
+                })
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(id, _)| id as WhisperTokenId);
+            match next {
+                Some(token) if token != self.end_of_text => {
+                    state.decode(&[token], self.neutral_prefix.len() + tokens.len(), threads)?;
+                    tokens.push(token);
+                }
+                _ => break,
+            }
+        }
+        Ok(tokens)
     }
 
     /// Token ids from this one on are special (end of text, language, timestamps…).
