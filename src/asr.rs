@@ -236,11 +236,9 @@ impl WhisperEngine {
         if !short || first.text.is_empty() || self.short_answers.is_empty() {
             return Ok(first);
         }
-        let read = |text: &str| match &self.config.reading {
-            Some(TextCheck(read)) => read(text),
-            None => Intent::Acknowledge,
+        let Some(intent) = self.read(&first.text) else {
+            return Ok(first);
         };
-        let intent = read(&first.text);
         if intent.is_decisive() {
             return self.confirm_decisive(first, intent, audio_16k.len());
         }
@@ -266,6 +264,14 @@ impl WhisperEngine {
         })
     }
 
+    /// What the dialogue's rules read in `text`; `None` without rules.
+    fn read(&self, text: &str) -> Option<Intent> {
+        self.config
+            .reading
+            .as_ref()
+            .map(|TextCheck(read)| read(text))
+    }
+
     /// A short utterance read as deciding the call (不续了, 挂了) is read again without the
     /// domain prompt, whose phrases whisper echoes for a garbled 哦 (measured: 哦 → 不许).
     /// The decision stands only if that reading decides too; otherwise the neutral reading
@@ -276,10 +282,13 @@ impl WhisperEngine {
         intent: Intent,
         samples: usize,
     ) -> Result<Transcript, AsrError> {
-        let max_tokens = (samples / 16_000 + 1) * 10 + 8;
         let tokens = self
             .short_answers
-            .reread_without_prompt(&mut self.state, self.config.threads_per_worker, max_tokens)
+            .reread_without_prompt(
+                &mut self.state,
+                self.config.threads_per_worker,
+                max_tokens(samples),
+            )
             .map_err(|e| AsrError::Inference(e.to_string()))?;
         let mut bytes = Vec::new();
         for token in tokens {
@@ -288,12 +297,9 @@ impl WhisperEngine {
             }
         }
         let neutral = clean_transcript(&String::from_utf8_lossy(&bytes), &self.config.prompt);
-        let neutral_intent = match &self.config.reading {
-            Some(TextCheck(read)) => read(&neutral),
-            None => intent,
-        };
-        tracing::debug!(prompted = %first.text, %intent, %neutral, %neutral_intent, "decisive short reply read again");
-        if neutral_intent.is_decisive() {
+        let neutral_intent = self.read(&neutral);
+        tracing::debug!(prompted = %first.text, %intent, %neutral, ?neutral_intent, "decisive short reply read again");
+        if neutral_intent.is_none_or(Intent::is_decisive) {
             return Ok(first);
         }
         Ok(Transcript {
@@ -328,10 +334,7 @@ impl WhisperEngine {
         // plus a margin; below 128 whisper starts looping.
         let audio_ctx = audio_ctx.max(self.config.min_audio_ctx).min(1_500);
         params.set_audio_ctx(audio_ctx as i32);
-        // A looping decoder would otherwise run for a minute on one noisy word: real speech
-        // is at most ~8 characters a second.
-        let seconds = audio_16k.len() / 16_000 + 1;
-        params.set_max_tokens((seconds * 10 + 8) as i32);
+        params.set_max_tokens(max_tokens(audio_16k.len()) as i32);
         // Whisper needs at least a second of input to work well; pad short answers.
         let mut padded;
         let input = if audio_16k.len() < 16_000 {
@@ -373,6 +376,13 @@ impl WhisperEngine {
             tokens,
         ))
     }
+}
+
+/// The most text tokens a decoding of `samples` (16 kHz) may produce. A looping decoder
+/// would otherwise run for a minute on one noisy word: real speech is at most ~8 characters
+/// a second.
+fn max_tokens(samples: usize) -> usize {
+    (samples / 16_000 + 1) * 10 + 8
 }
 
 /// Simplified characters, punctuation kept; prompt echoes, known hallucinations and runaway

@@ -28,7 +28,8 @@ pub struct ShortAnswer {
 #[derive(Debug, Clone)]
 struct Tokenized {
     answer: usize,
-    tokens: Vec<WhisperTokenId>,
+    /// The answer's spoken characters.
+    spoken: usize,
 }
 
 /// Spoken characters (punctuation and spaces do not count).
@@ -47,6 +48,8 @@ pub struct ShortAnswers {
     end_of_text: WhisperTokenId,
     answers: Vec<ShortAnswer>,
     tokenized: Vec<Tokenized>,
+    /// Every tokenized answer, by its tokens; `ends` index `tokenized`.
+    trie: TrieNode,
     widest_margin: f32,
 }
 
@@ -57,16 +60,19 @@ pub struct Fit {
     pub log_prob: f32,
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 struct TrieNode {
     token: WhisperTokenId,
     children: Vec<TrieNode>,
     /// Indices (into the candidate list) of texts that end at this node.
     ends: Vec<usize>,
+    /// The most spoken characters of any text ending at or below this node.
+    longest: usize,
 }
 
 impl TrieNode {
-    fn insert(&mut self, tokens: &[WhisperTokenId], index: usize) {
+    fn insert(&mut self, tokens: &[WhisperTokenId], index: usize, spoken: usize) {
+        self.longest = self.longest.max(spoken);
         let Some((&first, rest)) = tokens.split_first() else {
             self.ends.push(index);
             return;
@@ -81,7 +87,7 @@ impl TrieNode {
                 self.children.last_mut().expect("just pushed")
             }
         };
-        child.insert(rest, index);
+        child.insert(rest, index, spoken);
     }
 }
 
@@ -111,11 +117,15 @@ impl ShortAnswers {
         // Whisper ends most transcripts with a full stop or question mark: each answer is
         // tried bare and with either.
         let mut tokenized = Vec::new();
+        let mut trie = TrieNode::default();
         for (index, answer) in answers.iter().enumerate() {
             for ending in ["", "。", "？"] {
+                let tokens = context.tokenize(&format!("{}{ending}", answer.text), 64)?;
+                let spoken = spoken_len(&answer.text);
+                trie.insert(&tokens, tokenized.len(), spoken);
                 tokenized.push(Tokenized {
                     answer: index,
-                    tokens: context.tokenize(&format!("{}{ending}", answer.text), 64)?,
+                    spoken,
                 });
             }
         }
@@ -126,6 +136,7 @@ impl ShortAnswers {
             widest_margin: answers.iter().map(|a| a.margin).fold(0.0, f32::max),
             answers: answers.to_vec(),
             tokenized,
+            trie,
         })
     }
 
@@ -195,22 +206,16 @@ impl ShortAnswers {
         }
         free += log_probs[self.end_of_text as usize];
 
-        let shortest = spoken_len(free_text).div_ceil(2);
-        let mut root = TrieNode::default();
-        for (index, entry) in self.tokenized.iter().enumerate() {
-            if spoken_len(&self.answers[entry.answer].text) >= shortest {
-                root.insert(&entry.tokens, index);
-            }
-        }
         let mut search = Search {
             state,
             threads,
             answers: self,
             free,
+            shortest: spoken_len(free_text).div_ceil(2),
             bound: free - self.widest_margin,
             best: None,
         };
-        search.walk(&root, &first, 0.0, self.prefix.len())?;
+        search.walk(&self.trie, &first, 0.0, self.prefix.len())?;
         let best = search.best.map(|(answer, log_prob)| Fit {
             text: self.answers[answer].text.clone(),
             log_prob,
@@ -228,6 +233,8 @@ struct Search<'a> {
     answers: &'a ShortAnswers,
     /// The free transcript's log probability.
     free: f32,
+    /// Answers with fewer spoken characters are not taken.
+    shortest: usize,
     /// Paths at or below this cannot win any more.
     bound: f32,
     best: Option<(usize, f32)>,
@@ -245,7 +252,10 @@ impl Search<'_> {
     ) -> Result<(), whisper_rs::WhisperError> {
         let ended = so_far + log_probs[self.answers.end_of_text as usize];
         for &entry in &node.ends {
-            let answer = self.answers.tokenized[entry].answer;
+            let Tokenized { answer, spoken } = self.answers.tokenized[entry];
+            if spoken < self.shortest {
+                continue;
+            }
             let allowed = self.free - self.answers.answers[answer].margin;
             if ended > allowed && self.best.is_none_or(|(_, best)| ended > best) {
                 self.best = Some((answer, ended));
@@ -261,6 +271,9 @@ impl Search<'_> {
         for (child, with_child) in children {
             if with_child <= self.bound {
                 break;
+            }
+            if child.longest < self.shortest {
+                continue;
             }
             // Decoding the child's token appends it to the cache at `n_past`; whisper drops
             // anything cached beyond that first, so siblings never see each other.
@@ -301,15 +314,21 @@ mod tests {
     #[test]
     fn the_trie_shares_beginnings_and_keeps_every_end() {
         let mut root = TrieNode::default();
-        root.insert(&[1, 2], 0);
-        root.insert(&[1, 2, 3], 1);
-        root.insert(&[1, 4], 2);
-        root.insert(&[5], 3);
+        root.insert(&[1, 2], 0, 2);
+        root.insert(&[1, 2, 3], 1, 3);
+        root.insert(&[1, 4], 2, 2);
+        root.insert(&[5], 3, 1);
         assert_eq!(root.children.len(), 2);
         let one = &root.children[0];
         assert_eq!(one.children.len(), 2);
         assert_eq!(one.children[0].ends, vec![0]);
         assert_eq!(one.children[0].children[0].ends, vec![1]);
         assert_eq!(root.children[1].ends, vec![3]);
+        // Each node knows the longest answer below it, to skip branches too short to take.
+        assert_eq!(
+            (root.longest, one.longest, one.children[1].longest),
+            (3, 3, 2)
+        );
+        assert_eq!(root.children[1].longest, 1);
     }
 }
