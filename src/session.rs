@@ -1210,13 +1210,19 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn early_recognition_answers_once_the_silence_confirms_it() {
+    /// A session whose opening line has played, 400 ms into the callee's silence.
+    fn after_the_opening() -> (Session, Millis) {
         let mut session = Session::new("t", script(), SessionConfig::default());
         session.start(0);
         while session.poll_action().is_some() {}
         session.on_playback_finished(100, 1);
         let (now, _) = feed(&mut session, 0, &vec![0; 8 * 400]);
+        (session, now)
+    }
+
+    #[test]
+    fn early_recognition_answers_once_the_silence_confirms_it() {
+        let (mut session, now) = after_the_opening();
         let (now, _) = feed(&mut session, now, &voiced(1_200));
         let (now, actions) = feed(&mut session, now, &vec![0; 8 * 400]);
         let early = recognize_ids(&actions);
@@ -1252,11 +1258,7 @@ mod tests {
 
     #[test]
     fn early_result_is_dropped_when_the_callee_goes_on() {
-        let mut session = Session::new("t", script(), SessionConfig::default());
-        session.start(0);
-        while session.poll_action().is_some() {}
-        session.on_playback_finished(100, 1);
-        let (now, _) = feed(&mut session, 0, &vec![0; 8 * 400]);
+        let (mut session, now) = after_the_opening();
         let (now, _) = feed(&mut session, now, &voiced(1_000));
         let (now, actions) = feed(&mut session, now, &vec![0; 8 * 400]);
         let early = recognize_ids(&actions);

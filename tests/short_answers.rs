@@ -35,20 +35,23 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// What the recognizer writes for one fixture WAV, and the label the rules read in it.
+fn hear(pool: &RecognizerPool, script: &Script, path: &str) -> (String, Intent) {
+    let audio = wav::read_mono(&root().join(path))
+        .and_then(|a| a.to_rate(ASR_RATE))
+        .expect("fixture WAV reads");
+    let (transcript, _) = pool
+        .recognize_blocking(audio.samples)
+        .expect("recognition runs");
+    let intent = script.rules.classify(&transcript.text).primary();
+    (transcript.text, intent)
+}
+
 fn intents_heard(config: AsrConfig, script: &Script) -> Vec<(String, Intent)> {
     let pool = RecognizerPool::start(config).expect("model loads (run models/fetch)");
     GARBLED
         .iter()
-        .map(|(path, _)| {
-            let audio = wav::read_mono(&root().join(path))
-                .and_then(|a| a.to_rate(ASR_RATE))
-                .expect("fixture WAV reads");
-            let (transcript, _) = pool
-                .recognize_blocking(audio.samples)
-                .expect("recognition runs");
-            let intent = script.rules.classify(&transcript.text).primary();
-            (transcript.text, intent)
-        })
+        .map(|(path, _)| hear(&pool, script, path))
         .collect()
 }
 
@@ -82,16 +85,10 @@ fn a_garbled_backchannel_never_decides_the_call() {
     let script = Arc::new(Script::load(&root().join("script")).expect("script loads"));
     let model = root().join(AsrConfig::default_model_path());
     let pool = RecognizerPool::start(AsrConfig::for_script(model, &script)).expect("model loads");
-    let audio = wav::read_mono(&root().join("tests/fixtures/blind/wav/bl-hangup-midway-2.wav"))
-        .and_then(|a| a.to_rate(ASR_RATE))
-        .expect("fixture WAV reads");
-    let (transcript, _) = pool
-        .recognize_blocking(audio.samples)
-        .expect("recognition runs");
-    let intent = script.rules.classify(&transcript.text).primary();
-    assert!(
-        !intent.is_decisive(),
-        "哦 was heard as {:?} ({intent})",
-        transcript.text
+    let (text, intent) = hear(
+        &pool,
+        &script,
+        "tests/fixtures/blind/wav/bl-hangup-midway-2.wav",
     );
+    assert!(!intent.is_decisive(), "哦 was heard as {text:?} ({intent})");
 }
