@@ -401,16 +401,35 @@ impl IntentRules {
     /// tuning the rules): `(label, pattern, vetoed by unless/guard)`.
     pub fn explain(&self, raw: &str) -> Vec<(Intent, String, bool)> {
         let utterance = Utterance::new(raw);
+        let exact = self.hits(&utterance, Pattern::is_match, "");
+        // As in `classify`: the one-slip forms count only when no rule fires exactly.
+        if exact.iter().any(|(_, _, vetoed)| !vetoed) {
+            return exact;
+        }
+        let slipped = self.hits(
+            &utterance,
+            Pattern::is_match_with_one_slip,
+            " (one character misheard)",
+        );
+        exact.into_iter().chain(slipped).collect()
+    }
+
+    fn hits(
+        &self,
+        utterance: &Utterance,
+        matches: impl Fn(&Pattern, &[Form]) -> bool,
+        note: &str,
+    ) -> Vec<(Intent, String, bool)> {
         let mut hits = Vec::new();
         for rule in &self.rules {
             let forms = utterance.forms_for(rule.label);
             let vetoed_by_unless = rule.unless.iter().any(|u| u.is_match(&utterance.whole));
             for (pattern, guard) in &rule.patterns {
-                if pattern.is_match(forms) {
+                if matches(pattern, forms) {
                     let guarded = guard.as_ref().is_some_and(|g| g.is_match(forms));
                     hits.push((
                         rule.label,
-                        pattern.source.clone(),
+                        format!("{}{note}", pattern.source),
                         vetoed_by_unless || guarded,
                     ));
                 }
@@ -541,6 +560,14 @@ mod tests {
     fn a_long_phrase_survives_one_misheard_character() {
         let r = rules();
         check(&r, "这个服务我们不打涉用了", Decline);
+        // `explain` says which phrase matched, and that it took a slip.
+        assert!(
+            r.explain("这个服务我们不打涉用了")
+                .iter()
+                .any(|(label, source, vetoed)| *label == Decline
+                    && source.ends_with("(one character misheard)")
+                    && !vetoed)
+        );
         // The first and last characters get no such leeway.
         assert_eq!(r.classify("这个服务我们甩打算用了").primary(), Unknown);
     }
