@@ -521,34 +521,40 @@ impl Session {
     }
 
     /// A transcript that arrives after the callee hung up can still name the outcome
-    /// ("挂了", "别再打了" as the last words).
+    /// ("挂了", "别再打了" as the last words), and so can a question whose answer would have
+    /// set one (怎么销户 → `closing_account`, 以后还打吗 → `do_not_call`): nobody is left to
+    /// hear the answer, but the callee said what he wants.
     fn decide_after_hangup(&mut self, now: Millis, heard: &Classification) {
         if self.outcome.is_some() {
             self.heed_while_closing(heard);
             return;
         }
-        let decisive = heard.intents.iter().find(|i| i.is_decisive()).copied();
-        let outcome = decisive
-            .and_then(|intent| self.script.transition(self.state, intent))
-            .and_then(|t| match t.next {
-                Next::End {
-                    outcome,
-                    prefer_pending,
-                } => Some(if prefer_pending {
-                    self.pending.unwrap_or(outcome)
-                } else {
-                    outcome
-                }),
-                _ => None,
-            });
-        if let Some(pending) = decisive
-            .and_then(|i| self.script.transition(self.state, i))
-            .and_then(|t| t.pending)
-        {
+        let Some((intent, transition)) = heard.intents.iter().find_map(|&intent| {
+            self.script
+                .transition(self.state, intent)
+                .filter(|t| intent.is_decisive() || t.pending.is_some())
+                .map(|t| (intent, t.clone()))
+        }) else {
+            return;
+        };
+        if let Some(pending) = transition.pending {
             self.pending = Some(pending);
+            self.pending_words = heard.normalized.clone();
         }
-        if let Some(outcome) = outcome {
-            tracing::info!(call_id = %self.call_id, now, outcome = %outcome, "last words before the hang-up decide the outcome");
+        if transition.do_not_call_now {
+            self.mark_do_not_call(&heard.normalized);
+        }
+        if let Next::End {
+            outcome,
+            prefer_pending,
+        } = transition.next
+        {
+            let outcome = if prefer_pending {
+                self.pending.unwrap_or(outcome)
+            } else {
+                outcome
+            };
+            tracing::info!(call_id = %self.call_id, now, %intent, outcome = %outcome, "last words before the hang-up decide the outcome");
             self.outcome = Some(outcome);
             if outcome.adds_to_do_not_call() {
                 self.mark_do_not_call(&heard.normalized);
@@ -1105,6 +1111,35 @@ mod tests {
         );
         assert!(session.is_ended());
         assert_eq!(session.summary().map(|s| s.outcome), Some(Outcome::Hostile));
+    }
+
+    #[test]
+    fn a_question_that_names_an_outcome_counts_as_last_words() {
+        let mut session = Session::new("t", script(), SessionConfig::default());
+        session.start(0);
+        session.on_playback_finished(5_000, 1);
+        session.in_flight.insert(
+            99,
+            InFlight {
+                speech_start: 5_400,
+                speech_end: 7_400,
+                over_playback: false,
+                early: false,
+            },
+        );
+        session.on_hangup(7_500);
+        session.on_transcript(
+            8_000,
+            99,
+            Transcript {
+                text: "要是销户的话，要走什么流程？".into(),
+                no_speech_prob: 0.0,
+            },
+        );
+        assert!(session.is_ended());
+        let summary = session.summary().expect("a summary");
+        assert_eq!(summary.outcome, Outcome::ClosingAccount);
+        assert!(summary.do_not_call);
     }
 
     #[test]
