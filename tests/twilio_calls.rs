@@ -5,8 +5,9 @@
 //! the hang-up only after the closing line's mark came back, `clear` after a barge-in.
 //!
 //! Needs `models/ggml-base-q8_0.bin` (run `models/fetch`); fails, never skips, without it.
-//! The load test (10 simultaneous calls) is `#[ignore]`d: run it with
-//! `cargo test --release --test twilio_calls -- --ignored --nocapture`.
+//! The load tests (10 simultaneous calls; every fixture call with ten in flight, compared
+//! with the same calls run one at a time) are `#[ignore]`d: run them with
+//! `cargo test --release --test twilio_calls -- --ignored --nocapture --test-threads 1`.
 
 mod support;
 
@@ -243,41 +244,20 @@ async fn barge_in_over_the_opening_sends_clear() {
     assert!(log.closed_by_bot.is_some());
 }
 
-/// 10 simultaneous replayed calls; prints opening delay and reply latency figures.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "load test: about a minute of real time, prints figures"]
-async fn load_ten_simultaneous_calls() {
-    let recognizer = pool();
-    let (manifest, dir) = fixtures();
-    let server = TestServer::start(ServerOpts {
-        recognizer: Some(recognizer),
-        ..ServerOpts::default()
-    })
-    .await;
-    let mut events = server.state.subscribe();
-    // Every outcome that fits in about a minute, then more calls in manifest order: ten
-    // calls that disagree, not ten renewals.
-    let playable: Vec<&Case> = manifest
+/// Every fixture call that fits in about a minute of call time (all but `max_duration`).
+fn playable(manifest: &Manifest) -> Vec<&Case> {
+    manifest
         .cases
         .iter()
         .filter(|c| c.outcome != "max_duration" && c.turns.iter().all(|t| t.audio.is_some()))
-        .collect();
-    let mut cases: Vec<&Case> = Vec::new();
-    for case in &playable {
-        if !cases.iter().any(|c| c.outcome == case.outcome) {
-            cases.push(case);
-        }
-    }
-    for case in &playable {
-        if cases.len() >= 10 {
-            break;
-        }
-        if !cases.iter().any(|c| c.name == case.name) {
-            cases.push(case);
-        }
-    }
-    cases.truncate(10);
-    let collector = tokio::spawn(async move {
+        .collect()
+}
+
+/// Opening delays and reply latencies the server reports while calls run.
+fn collect_figures(
+    mut events: tokio::sync::broadcast::Receiver<CallEvent>,
+) -> tokio::task::JoinHandle<(Vec<u64>, Vec<u64>)> {
+    tokio::spawn(async move {
         let mut latencies = Vec::new();
         let mut openings = Vec::new();
         loop {
@@ -293,18 +273,16 @@ async fn load_ten_simultaneous_calls() {
             }
         }
         (latencies, openings)
-    });
-    let started = std::time::Instant::now();
-    let results = join_all(
-        cases
-            .iter()
-            .enumerate()
-            .map(|(i, case)| replay(&server, &dir, case, 100 + i)),
-    )
-    .await;
-    let wall = started.elapsed();
-    report(&results);
-    drop(server);
+    })
+}
+
+/// Prints the load figures; the server must be dropped first so the collector ends.
+async fn print_load_figures(
+    title: &str,
+    results: &[CaseResult],
+    wall: Duration,
+    collector: tokio::task::JoinHandle<(Vec<u64>, Vec<u64>)>,
+) {
     let (latencies, openings) = tokio::time::timeout(Duration::from_secs(5), collector)
         .await
         .ok()
@@ -316,10 +294,7 @@ async fn load_ten_simultaneous_calls() {
         .collect();
     let correct = results.iter().filter(|r| r.ok()).count();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
-        "--- load: {} simultaneous calls on {cores} cores, {wall:?} wall",
-        results.len()
-    );
+    println!("--- load: {title} on {cores} cores, {wall:?} wall");
     println!("outcome + dnc correct: {correct}/{}", results.len());
     println!(
         "opening delay (start -> first media frame, client side) ms: p50 {:?} p95 {:?} max {:?}",
@@ -345,7 +320,130 @@ async fn load_ten_simultaneous_calls() {
         .max()
         .unwrap_or_default();
     println!("largest audio lead seen by a client: {max_lead:?}");
+}
+
+/// 10 simultaneous replayed calls; prints opening delay and reply latency figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test: about a minute of real time, prints figures"]
+async fn load_ten_simultaneous_calls() {
+    let recognizer = pool();
+    let (manifest, dir) = fixtures();
+    let server = TestServer::start(ServerOpts {
+        recognizer: Some(recognizer),
+        ..ServerOpts::default()
+    })
+    .await;
+    let collector = collect_figures(server.state.subscribe());
+    // Every outcome that fits in about a minute, then more calls in manifest order: ten
+    // calls that disagree, not ten renewals.
+    let playable = playable(&manifest);
+    let mut cases: Vec<&Case> = Vec::new();
+    for case in &playable {
+        if !cases.iter().any(|c| c.outcome == case.outcome) {
+            cases.push(case);
+        }
+    }
+    for case in &playable {
+        if cases.len() >= 10 {
+            break;
+        }
+        if !cases.iter().any(|c| c.name == case.name) {
+            cases.push(case);
+        }
+    }
+    cases.truncate(10);
+    let started = std::time::Instant::now();
+    let results = join_all(
+        cases
+            .iter()
+            .enumerate()
+            .map(|(i, case)| replay(&server, &dir, case, 100 + i)),
+    )
+    .await;
+    let wall = started.elapsed();
+    report(&results);
+    drop(server);
+    let title = format!("{} simultaneous calls", results.len());
+    print_load_figures(&title, &results, wall, collector).await;
     // Structure only (hang-up after the last mark, no cut audio); timings are reported.
+    for (r, case) in results.iter().zip(&cases) {
+        check_transport(r, case.hangs_up(), false);
+    }
+}
+
+/// Every playable fixture call with ten always in flight (the next starts as one ends),
+/// then the same calls one at a time through `eval`: a call whose outcome differs between
+/// the two was changed by the load or the transport, not by recognition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test: several minutes of real time, prints figures"]
+async fn load_every_fixture_call_ten_in_flight() {
+    use futures_util::stream::{self, StreamExt};
+    let recognizer = pool();
+    let (manifest, dir) = fixtures();
+    let server = TestServer::start(ServerOpts {
+        recognizer: Some(recognizer.clone()),
+        ..ServerOpts::default()
+    })
+    .await;
+    let collector = collect_figures(server.state.subscribe());
+    let cases = playable(&manifest);
+    let started = std::time::Instant::now();
+    let results: Vec<CaseResult> = stream::iter(cases.iter().enumerate())
+        .map(|(i, case)| replay(&server, &dir, case, 200 + i))
+        .buffered(10)
+        .collect()
+        .await;
+    let wall = started.elapsed();
+    report(&results);
+    drop(server);
+    let title = format!("{} calls, ten in flight", results.len());
+    print_load_figures(&title, &results, wall, collector).await;
+
+    let single = tokio::task::spawn_blocking(move || {
+        use renewal_bot::eval::{self, EvalOptions, manifest::Manifest, simulate::Transcribe};
+        let path = repo_path("tests/fixtures/calls.toml");
+        let manifest = Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let options = EvalOptions {
+            text_only: false,
+            session: renewal_bot::session::SessionConfig::default(),
+            on_case_done: &|_| {},
+        };
+        eval::run(
+            &manifest,
+            &script(),
+            &clips(),
+            Some(&recognizer as &dyn Transcribe),
+            &options,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .expect("the single-call eval panicked");
+    let mut single_right = 0;
+    let mut differ = Vec::new();
+    for r in &results {
+        let alone = single
+            .cases
+            .iter()
+            .find(|c| c.name == r.name)
+            .unwrap_or_else(|| panic!("{} missing from the eval report", r.name));
+        let alone_right = alone.outcome_correct() && alone.dnc_correct() != Some(false);
+        single_right += usize::from(alone_right);
+        if alone.outcome != r.outcome || alone.dnc != r.dnc {
+            differ.push(format!(
+                "{}: alone {:?} dnc {}, under load {:?} dnc {}",
+                r.name, alone.outcome, alone.dnc, r.outcome, r.dnc
+            ));
+        }
+    }
+    println!(
+        "same calls one at a time (eval): {single_right}/{} right",
+        results.len()
+    );
+    println!(
+        "calls whose outcome or do-not-call state differs under load: {} {differ:#?}",
+        differ.len()
+    );
     for (r, case) in results.iter().zip(&cases) {
         check_transport(r, case.hangs_up(), false);
     }
