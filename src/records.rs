@@ -261,9 +261,12 @@ fn new_table() -> Table {
 }
 
 fn outcome_text(call: &CallRow) -> String {
-    call.outcome
-        .clone()
-        .unwrap_or_else(|| "(unfinished)".to_string())
+    match (&call.outcome, &call.ended_at) {
+        (Some(outcome), _) => outcome.clone(),
+        (None, None) => "(in progress)".to_string(),
+        // Closed at start-up after the bot stopped mid-call (`close_interrupted_calls`).
+        (None, Some(_)) => "(interrupted)".to_string(),
+    }
 }
 
 /// `2026-01-02T03:04:05.678Z` → `2026-01-02 03:04:05Z`.

@@ -676,6 +676,51 @@ impl Store {
         .optional()
         .map_err(|e| self.err(e))
     }
+
+    /// Closes the calls an earlier run of the bot left open (killed, crashed, power lost):
+    /// no call lasts `older_than`, so one started before that and still without an end
+    /// was cut off. Each gets an end time and an `interrupted` event; its outcome stays
+    /// empty, since nobody knows how it would have ended. Its turns and any do-not-call
+    /// entry were stored as they happened. Returns the ids of the calls closed.
+    pub fn close_interrupted_calls(&self, older_than: Duration) -> Result<Vec<String>, StoreError> {
+        let cutoff = format_time(OffsetDateTime::now_utc() - older_than)?;
+        let now = now_text();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let ids: Vec<String> = {
+            let mut statement = tx
+                .prepare(
+                    "SELECT call_id FROM calls
+                     WHERE outcome IS NULL AND ended_at IS NULL AND started_at < ?1
+                     ORDER BY started_at",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = statement
+                .query_map([&cutoff], |row| row.get(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.err(e))?
+        };
+        for id in &ids {
+            tx.execute(
+                "UPDATE calls SET ended_at = ?2 WHERE call_id = ?1",
+                params![id, now],
+            )
+            .map_err(|e| self.err(e))?;
+            tx.execute(
+                "INSERT INTO call_events (call_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    id,
+                    now,
+                    "interrupted",
+                    "the bot stopped before this call ended; closed at the next start"
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(ids)
+    }
 }
 
 /// The columns [`CallRow::from_row`] reads, in order.

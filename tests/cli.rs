@@ -150,3 +150,60 @@ fn eval_from_text_writes_the_contract_report() {
     assert_eq!(json["cases"][0]["outcome"], "declined");
     assert_eq!(json["cases"][0]["dnc"], true);
 }
+
+/// A call left open by a run that died mid-call is closed when `serve` starts again, and
+/// `calls list` then tells it from a live one.
+#[test]
+fn serve_closes_the_calls_a_dead_run_left_open() {
+    use renewal_bot::store::{NewCall, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.sqlite");
+    {
+        let store = Store::open(&db).expect("open the store");
+        store
+            .start_call(&NewCall {
+                call_id: "cut-off".into(),
+                transport: "twilio".into(),
+                to_number: Some("+8613800000000".into()),
+                from_number: None,
+                call_sid: Some("CA-cut-off".into()),
+                stream_sid: None,
+                started_at: time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(3600),
+            })
+            .expect("record the call");
+    }
+    let mut server = Command::new(env!("CARGO_BIN_EXE_renewal-bot"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-skip-signature",
+            "--db",
+        ])
+        .arg(&db)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let store = Store::open(&db).expect("open the store");
+    let closed = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        store
+            .get_call("cut-off")
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.ended_at.is_some())
+    });
+    let _ = server.kill();
+    let output = server.wait_with_output().expect("serve output");
+    assert!(
+        closed,
+        "serve did not close the cut-off call; its stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out = bot(&["calls", "list"], &db);
+    assert!(text(&out).contains("(interrupted)"), "{}", text(&out));
+}

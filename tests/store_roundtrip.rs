@@ -155,6 +155,86 @@ fn a_call_round_trips_and_survives_a_restart() {
 }
 
 #[test]
+fn calls_cut_off_by_a_crash_are_closed_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bot.sqlite");
+    {
+        // The process dies in the middle of an old call (after one turn), while another
+        // call has just started and a third has finished.
+        let store = Store::open(&path).unwrap();
+        store.start_call(&new_call("cut-off", ZHANG)).unwrap();
+        store
+            .record_turn(
+                "cut-off",
+                &turn(
+                    5_000,
+                    6_000,
+                    "是我",
+                    &[Intent::ConfirmIdentity],
+                    &["notice"],
+                ),
+                Some(900),
+            )
+            .unwrap();
+        store
+            .start_call(&new_call("finished", "+8613900000001"))
+            .unwrap();
+        store
+            .finish_call("finished", Outcome::SelfService, false, 30_000)
+            .unwrap();
+        let mut live = new_call("live", "+8613900000002");
+        live.started_at = time::OffsetDateTime::now_utc();
+        store.start_call(&live).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let ten_minutes = std::time::Duration::from_secs(600);
+    assert_eq!(
+        store.close_interrupted_calls(ten_minutes).unwrap(),
+        ["cut-off"]
+    );
+    let cut_off = store.get_call("cut-off").unwrap().unwrap();
+    assert!(cut_off.ended_at.is_some());
+    assert_eq!(
+        cut_off.outcome, None,
+        "nobody knows how it would have ended"
+    );
+    assert_eq!(
+        store.call_turns("cut-off").unwrap().len(),
+        1,
+        "turns are kept"
+    );
+    let events = store.call_events("cut-off").unwrap();
+    assert_eq!(events.last().map(|e| e.kind.as_str()), Some("interrupted"));
+    // A call younger than any call can last may still be running in another process.
+    assert_eq!(store.get_call("live").unwrap().unwrap().ended_at, None);
+    assert_eq!(
+        store
+            .get_call("finished")
+            .unwrap()
+            .unwrap()
+            .outcome
+            .as_deref(),
+        Some("self_service")
+    );
+    assert!(
+        store
+            .close_interrupted_calls(ten_minutes)
+            .unwrap()
+            .is_empty(),
+        "a second start finds nothing to close"
+    );
+    let listing = run_calls_text(
+        &store,
+        CallsCommand::List {
+            limit: 10,
+            json: false,
+        },
+    );
+    assert!(listing.contains("(interrupted)"), "{listing}");
+    assert!(listing.contains("(in progress)"), "{listing}");
+}
+
+#[test]
 fn dnc_numbers_are_normalized_and_first_entry_wins() {
     let store = Store::open_in_memory().unwrap();
     assert!(!store.is_dnc("+86 138-0000-0000").unwrap());
@@ -469,7 +549,7 @@ fn calls_command_output() {
         "eval",
         ZHANG,
         "do_not_call",
-        "(unfinished)",
+        "(in progress)",
         "0:15",
         "yes",
     ] {

@@ -426,6 +426,7 @@ pub async fn serve(args: ServeArgs, shared: SharedDeps) -> anyhow::Result<()> {
              stream URLs and signatures"
         );
     }
+    close_interrupted_calls(&shared.store);
     let state = AppState::new(
         &config,
         CallDeps {
@@ -448,6 +449,24 @@ pub async fn serve(args: ServeArgs, shared: SharedDeps) -> anyhow::Result<()> {
     state.drain(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// No call lasts this long (two minutes of talk plus ringing and the closing line): an
+/// older one still open in the store was cut off when the bot stopped.
+const INTERRUPTED_AFTER: Duration = Duration::from_secs(600);
+
+/// Closes the calls an earlier run left open, so `calls list` tells them from live ones.
+/// A store that cannot do it now is no reason not to take calls: it is logged.
+pub fn close_interrupted_calls(store: &Store) {
+    match store.close_interrupted_calls(INTERRUPTED_AFTER) {
+        Ok(ids) if ids.is_empty() => {}
+        Ok(ids) => tracing::warn!(
+            calls = ids.len(),
+            ids = %ids.join(", "),
+            "closed calls that an earlier run left open (it stopped mid-call); their turns are kept"
+        ),
+        Err(err) => tracing::error!(%err, "cannot close calls an earlier run left open"),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
