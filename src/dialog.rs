@@ -72,6 +72,9 @@ pub struct State {
     pub name: String,
     pub repeat: Repeat,
     pub reprompt: String,
+    /// What a brief reply whose words are not understood is taken to mean here (the
+    /// commonest brief answers to the state's question); `None`: it is unclear.
+    pub brief_unclear_means: Option<Intent>,
     pub on: HashMap<Intent, Transition>,
 }
 
@@ -116,6 +119,8 @@ struct StateEntry {
     name: Sp,
     repeat: Sp,
     reprompt: Sp,
+    #[serde(default)]
+    brief_unclear_means: Option<Sp>,
     #[serde(default)]
     on: Vec<TransitionEntry>,
 }
@@ -286,11 +291,29 @@ impl Script {
                 "@last" => Repeat::Last,
                 _ => Repeat::Line(line_id(&entry.repeat)?),
             };
+            let on = transitions(&entry.on)?;
+            let brief_unclear_means = match &entry.brief_unclear_means {
+                Some(sp) => {
+                    let meant = intent(sp)?;
+                    if !on.contains_key(&meant) {
+                        return Err(check.error(
+                            sp,
+                            format!(
+                                "`{meant}` has no transition in state `{}`",
+                                entry.name.get_ref()
+                            ),
+                        ));
+                    }
+                    Some(meant)
+                }
+                None => None,
+            };
             states.push(State {
                 name: entry.name.get_ref().clone(),
                 repeat,
                 reprompt: line_id(&entry.reprompt)?,
-                on: transitions(&entry.on)?,
+                brief_unclear_means,
+                on,
             });
         }
         let start = state_index(&file.start)?;
@@ -440,6 +463,14 @@ mod tests {
             (
                 good.replacen("to = \"follow_up\"", "to = \"nowhere\"", 1),
                 "unknown state `nowhere`",
+            ),
+            (
+                good.replacen(
+                    "brief_unclear_means = \"confirm_identity\"",
+                    "brief_unclear_means = \"decline\"",
+                    1,
+                ),
+                "`decline` has no transition in state `identity`",
             ),
         ];
         for (dialog, expected) in cases {

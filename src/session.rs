@@ -98,6 +98,9 @@ pub struct SessionConfig {
     /// silence; if the callee speaks clearly again the early result is dropped. Saves reply
     /// latency (fixtures: p50 1.4 s → 1.06 s). 0 turns it off.
     pub early_recognition_ms: u64,
+    /// Speech shorter than this whose words the rules do not understand is read as the
+    /// state's `brief_unclear_means` (dialog.toml), if it has one.
+    pub brief_reply_ms: Millis,
     pub endpointing: EndpointConfig,
 }
 
@@ -109,6 +112,7 @@ impl Default for SessionConfig {
             barge_in_voiced_ms: 600,
             hangup_grace_ms: 20_000,
             early_recognition_ms: 240,
+            brief_reply_ms: 2_000,
             endpointing: EndpointConfig::default(),
         }
     }
@@ -389,7 +393,7 @@ impl Session {
         heard: &Classification,
         turn: &mut TurnRecord,
     ) {
-        let intent = heard.primary();
+        let mut intent = heard.primary();
         let bot_talking = !self.playing.is_empty();
         let filler = matches!(intent, Intent::Acknowledge | Intent::Unknown);
         if filler && (bot_talking || flight.over_playback) {
@@ -397,6 +401,11 @@ impl Session {
             tracing::debug!(call_id = %self.call_id, ?intent, "backchannel while the bot talks: ignored");
             self.touch(now);
             return;
+        }
+        if let Some(meant) = self.brief_unclear_reading(intent, &flight, heard) {
+            tracing::info!(call_id = %self.call_id, transcript = %heard.normalized, %meant, "brief reply not understood: taken as the usual answer here");
+            intent = meant;
+            turn.intents = vec![meant];
         }
         if heard
             .intents
@@ -518,6 +527,22 @@ impl Session {
         if refuses {
             self.mark_do_not_call(&heard.normalized);
         }
+    }
+
+    /// Whisper garbles brief replies most (是我 → 吃我饺); where the script names what a
+    /// brief reply usually is (是我 / 对 / 你说 to "是张强先生吗？"), one it cannot read is
+    /// taken as that rather than asked again. Silence and noise (no words) never count.
+    fn brief_unclear_reading(
+        &self,
+        intent: Intent,
+        flight: &InFlight,
+        heard: &Classification,
+    ) -> Option<Intent> {
+        let brief =
+            flight.speech_end.saturating_sub(flight.speech_start) < self.config.brief_reply_ms;
+        (intent == Intent::Unknown && brief && !heard.normalized.is_empty())
+            .then(|| self.script.states[self.state].brief_unclear_means)
+            .flatten()
     }
 
     /// A transcript that arrives after the callee hung up can still name the outcome
@@ -1018,6 +1043,36 @@ mod tests {
         assert_eq!(call.say("我家猫在睡觉"), lines(&["closing_no_answer"]));
         call.finish_playback();
         assert_eq!(call.outcome(), Some(Outcome::NoResponse));
+    }
+
+    #[test]
+    fn a_brief_garbled_answer_to_the_identity_question_counts_as_yes() {
+        // 1 s of speech read as 吃我饺 (是我，讲 on a bad line): the notice follows.
+        let mut call = Call::new();
+        assert_eq!(call.say("吃我饺"), lines(&["notice"]));
+        let turn = call.log.iter().find_map(|a| match a {
+            Action::Turn(turn) => Some(turn.clone()),
+            _ => None,
+        });
+        assert_eq!(turn.map(|t| t.intents), Some(vec![Intent::ConfirmIdentity]));
+        // The same words over 2 s are a sentence that was not understood: asked again.
+        let mut call = Call::new();
+        call.finish_playback();
+        let start = call.now + 400;
+        call.now = start + 2_500;
+        call.session.on_text(call.now, start, call.now, "吃我饺");
+        call.drain();
+        assert_eq!(
+            call.lines_since(0).last().map(String::as_str),
+            Some("identity_intro")
+        );
+        // Only where the script says so: after the notice it is unclear, as before.
+        let mut call = Call::new();
+        call.say("是我");
+        assert_eq!(call.say("吃我饺"), lines(&["question_short"]));
+        // No words at all (noise) never count.
+        let mut call = Call::new();
+        assert_eq!(call.say("。"), lines(&["identity_intro"]));
     }
 
     #[test]
