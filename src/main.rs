@@ -47,6 +47,8 @@ enum Command {
     Eval(EvalArgs),
     /// Answer Twilio Media Streams calls (TwiML webhook, media WebSocket, status callbacks).
     Serve(renewal_bot::transport::twilio::config::ServeArgs),
+    /// Answer calls from a SIP softphone (UDP; dial sip:bot@HOST:PORT), audio over RTP.
+    Sip(renewal_bot::transport::sip::SipArgs),
     /// Place one outbound call through Twilio's Calls API (refused for do-not-call numbers).
     Call(renewal_bot::dialer::CallFlags),
     /// The permanent do-not-call list.
@@ -140,6 +142,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 session: SessionConfig::default(),
             };
             runtime()?.block_on(renewal_bot::transport::twilio::server::serve(args, shared))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sip(args) => {
+            let store = open_store(&cli.db)?;
+            let script_dir = args.script_dir.clone().unwrap_or_else(Script::default_dir);
+            let recognizer = start_recognizer(&cli.model, &load_script(&script_dir)?)?;
+            let shared = renewal_bot::transport::twilio::server::SharedDeps {
+                store,
+                recognizer,
+                session: SessionConfig::default(),
+            };
+            runtime()?.block_on(renewal_bot::transport::sip::serve(args, shared))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Call(args) => {

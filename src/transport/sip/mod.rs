@@ -1,0 +1,16 @@
+//! SIP: answers calls from a SIP softphone (UDP, `sip:bot@HOST:PORT`) and talks over RTP
+//! (PCMU/8000, 20 ms packets), one task per call driving a [`crate::session::Session`]
+//! exactly like the Twilio driver.
+//!
+//! - [`sdp`] — the offer/answer for one PCMU stream, no I/O;
+//! - [`rtp`] — RTP packet parsing and the outgoing stream's header fields, no I/O;
+//! - [`server`] — the rsipstack endpoint: INVITE checks (do-not-call → 603, no PCMU → 488),
+//!   answers, in-dialog routing, graceful shutdown;
+//! - [`call`] — the per-call driver (RTP pacing, playback, BYE, recognition, store).
+
+pub mod call;
+pub mod rtp;
+pub mod sdp;
+pub mod server;
+
+pub use server::{DEFAULT_LISTEN, SipArgs, SipConfig, SipServer, serve};
