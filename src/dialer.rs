@@ -85,8 +85,17 @@ fn required(value: &Option<String>, what: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Places the call; returns Twilio's CallSid. Refuses numbers on the do-not-call list.
-pub async fn place_call(args: CallArgs, store: &Store) -> anyhow::Result<String> {
+/// A call Twilio accepted, as recorded in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedCall {
+    /// The call's id in the store (`calls show`).
+    pub call_id: String,
+    /// Twilio's CallSid.
+    pub call_sid: String,
+}
+
+/// Places the call. Refuses numbers on the do-not-call list.
+pub async fn place_call(args: CallArgs, store: &Store) -> anyhow::Result<PlacedCall> {
     let to = e164(&args.number)?;
     let dnc = {
         let (store, to) = (store.clone(), to.clone());
@@ -141,7 +150,7 @@ async fn place(
     account_sid: String,
     auth_token: String,
     call_id: String,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<PlacedCall> {
     let rest = TwilioRest::new(&args.twilio_api_base, &account_sid, &auth_token);
     let created = rest
         .create_call(&NewOutboundCall {
@@ -166,10 +175,10 @@ async fn place(
     };
     let store = store.clone();
     let status = created.status.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    let record = tokio::task::spawn_blocking(move || -> anyhow::Result<NewCall> {
         store.start_call(&record)?;
         store.record_event(&record.call_id, "status", &status)?;
-        Ok(())
+        Ok(record)
     })
     .await
     .context("recording the call")?
@@ -179,7 +188,10 @@ async fn place(
             created.sid
         )
     })?;
-    Ok(created.sid)
+    Ok(PlacedCall {
+        call_id: record.call_id,
+        call_sid: created.sid,
+    })
 }
 
 #[cfg(test)]

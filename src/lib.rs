@@ -2,6 +2,7 @@
 
 pub mod asr;
 pub mod audio;
+pub mod campaign;
 pub mod dialer;
 pub mod dialog;
 pub mod eval;

@@ -51,6 +51,9 @@ enum Command {
     Sip(renewal_bot::transport::sip::SipArgs),
     /// Place one outbound call through Twilio's Calls API (refused for do-not-call numbers).
     Call(renewal_bot::dialer::CallFlags),
+    /// Place the expiry call to every number of a list, a few at a time, skipping numbers
+    /// on the do-not-call list and callees already reached.
+    Campaign(renewal_bot::campaign::CampaignFlags),
     /// The permanent do-not-call list.
     #[command(subcommand)]
     Dnc(DncCommand),
@@ -158,9 +161,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Call(args) => {
             let store = open_store(&cli.db)?;
-            let sid = runtime()?.block_on(renewal_bot::dialer::place_call(args.into(), &store))?;
-            println!("{sid}");
+            let call = runtime()?.block_on(renewal_bot::dialer::place_call(args.into(), &store))?;
+            println!("{}", call.call_sid);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Campaign(flags) => {
+            let store = open_store(&cli.db)?;
+            let mut out = std::io::stdout();
+            let all = runtime()?.block_on(renewal_bot::campaign::run_campaign(
+                &flags, &store, &mut out,
+            ))?;
+            let failed = all
+                .iter()
+                .any(|(_, d)| matches!(d, renewal_bot::campaign::Disposition::Failed(_)));
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Dnc(command) => {
             records::run_dnc(

@@ -664,6 +664,23 @@ impl Store {
         )
     }
 
+    /// Every call to a number (in any spelling), oldest first.
+    pub fn calls_to(&self, number: &str) -> Result<Vec<CallRow>, StoreError> {
+        let number = normalize_number(number)?;
+        let conn = self.lock();
+        let mut calls = Vec::new();
+        for form in same_number_forms(&number) {
+            calls.extend(self.query_rows(
+                &conn,
+                &format!("SELECT {CALL_COLUMNS} FROM calls WHERE to_number = ?1"),
+                [&form],
+                CallRow::from_row,
+            )?);
+        }
+        calls.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        Ok(calls)
+    }
+
     /// The call id of the call with this Twilio CallSid (the most recent, should there be
     /// several).
     pub fn find_call_by_sid(&self, call_sid: &str) -> Result<Option<String>, StoreError> {

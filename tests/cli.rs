@@ -33,6 +33,7 @@ fn help_explains_every_command() {
         "eval",
         "serve",
         "call",
+        "campaign",
         "dnc",
         "calls",
         "transcribe",

@@ -25,10 +25,10 @@ const CREATED: &str = r#"{"sid": "CA0123456789abcdef0123456789abcdef", "status":
 async fn places_the_call_with_every_parameter_and_records_it() {
     let rest = FakeRest::start((201, CREATED), (200, "{}")).await;
     let store = Store::open_in_memory().unwrap();
-    let sid = place_call(args("+86 138-0000-0000", &rest.base), &store)
+    let call = place_call(args("+86 138-0000-0000", &rest.base), &store)
         .await
         .expect("call placed");
-    assert_eq!(sid, "CA0123456789abcdef0123456789abcdef");
+    assert_eq!(call.call_sid, "CA0123456789abcdef0123456789abcdef");
 
     let requests = rest.requests();
     assert_eq!(requests.len(), 1);
@@ -64,9 +64,10 @@ async fn places_the_call_with_every_parameter_and_records_it() {
     assert_eq!(get("MachineDetection"), ["Enable"]);
 
     let call_id = store
-        .find_call_by_sid(&sid)
+        .find_call_by_sid(&call.call_sid)
         .unwrap()
         .expect("the call is recorded by its sid");
+    assert_eq!(call_id, call.call_id);
     let call = store.get_call(&call_id).unwrap().unwrap();
     assert_eq!(call.transport, "twilio");
     assert_eq!(call.to_number.as_deref(), Some("+8613800000000"));

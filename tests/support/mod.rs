@@ -679,7 +679,7 @@ impl Drop for FakeRest {
 
 impl FakeRest {
     /// A fake `api.twilio.com`: create-call answers `create`, call updates answer `update`
-    /// (status code, JSON body).
+    /// (status code, JSON body; `{n}` in `create` is replaced by the request's number).
     pub async fn start(create: (u16, &str), update: (u16, &str)) -> FakeRest {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = FakeRestState {
@@ -748,7 +748,13 @@ async fn fake_create(
     body: Bytes,
 ) -> Response {
     record(&state, uri.path().to_string(), &headers, &body);
-    reply(&state.create)
+    // `{n}` in the answer becomes this request's number, so each created call gets its
+    // own CallSid as on Twilio.
+    let n = state.requests.lock().map(|r| r.len()).unwrap_or_default();
+    reply(&(
+        state.create.0,
+        state.create.1.replace("{n}", &format!("{n:032}")),
+    ))
 }
 
 async fn fake_update(
