@@ -139,7 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&cli.db)?;
             let script_dir = args.script_dir.clone().unwrap_or_else(Script::default_dir);
             let recognizer = start_recognizer(&cli.model, &load_script(&script_dir)?)?;
-            let shared = renewal_bot::transport::twilio::server::SharedDeps {
+            let shared = renewal_bot::transport::SharedDeps {
                 store,
                 recognizer,
                 session: SessionConfig::default(),
@@ -151,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&cli.db)?;
             let script_dir = args.script_dir.clone().unwrap_or_else(Script::default_dir);
             let recognizer = start_recognizer(&cli.model, &load_script(&script_dir)?)?;
-            let shared = renewal_bot::transport::twilio::server::SharedDeps {
+            let shared = renewal_bot::transport::SharedDeps {
                 store,
                 recognizer,
                 session: SessionConfig::default(),

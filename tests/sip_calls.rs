@@ -19,7 +19,7 @@ use renewal_bot::labels::Outcome;
 use renewal_bot::session::SessionConfig;
 use renewal_bot::store::Store;
 use renewal_bot::transport::sip::{SipConfig, SipServer};
-use renewal_bot::transport::twilio::{CallDeps, CallEvent};
+use renewal_bot::transport::{CallDeps, CallEvent};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

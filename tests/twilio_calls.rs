@@ -12,7 +12,7 @@
 mod support;
 
 use futures_util::future::join_all;
-use renewal_bot::transport::twilio::CallEvent;
+use renewal_bot::transport::CallEvent;
 use std::time::Duration;
 use support::*;
 

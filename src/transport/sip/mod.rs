@@ -1,12 +1,13 @@
 //! SIP: answers calls from a SIP softphone (UDP, `sip:bot@HOST:PORT`) and talks over RTP
 //! (PCMU/8000, 20 ms packets), one task per call driving a [`crate::session::Session`]
-//! exactly like the Twilio driver.
+//! through the same `transport::driver` core as the Twilio driver.
 //!
 //! - [`sdp`] — the offer/answer for one PCMU stream, no I/O;
 //! - [`rtp`] — RTP packet parsing and the outgoing stream's header fields, no I/O;
 //! - [`server`] — the rsipstack endpoint: INVITE checks (do-not-call → 603, no PCMU → 488),
 //!   answers, in-dialog routing, graceful shutdown;
-//! - [`call`] — the per-call driver (RTP pacing, playback, BYE, recognition, store).
+//! - [`call`] — the per-call dialog and RTP stream (pacing, playback, BYE), driven by
+//!   `transport::driver`.
 
 pub mod call;
 pub mod rtp;

@@ -8,11 +8,11 @@
 //! dialog, OPTIONS is answered 200, other requests outside a dialog 405 (481 for BYE).
 //! rsipstack drops datagrams that do not parse as SIP.
 
-use crate::audio::clips::ClipLibrary;
 use crate::dialog::Script;
 use crate::store::normalize_number;
-use crate::transport::twilio::call::{CallDeps, CallEvent, LiveCalls, missing_clips};
-use crate::transport::twilio::server::{SharedDeps, shutdown_signal};
+use crate::transport::calls::{
+    CallDeps, CallEnv, CallEvent, SharedDeps, close_interrupted_calls, shutdown_signal,
+};
 use anyhow::{Context, bail};
 use rsipstack::EndpointBuilder;
 use rsipstack::dialog::dialog_layer::DialogLayer;
@@ -120,11 +120,8 @@ impl SipServer {
             .incoming_transactions()
             .context("the SIP endpoint's transactions")?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
-        let (events, _) = broadcast::channel(1_024);
         let env = SipEnv {
-            deps,
-            events,
-            live: LiveCalls::new(),
+            call: CallEnv::new(deps),
             dialogs,
         };
         let serve = tokio::spawn(async move {
@@ -148,37 +145,18 @@ impl SipServer {
 
     /// Call events (opening delay, turns with latency, ends) from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
-        self.env.events.subscribe()
+        self.env.call.events.subscribe()
     }
 
     /// Calls in progress (or still settling their record).
     pub fn live_calls(&self) -> usize {
-        self.env.live.live()
+        self.env.call.live.live()
     }
 
     /// Lets live calls finish within `grace`, cuts the rest (BYE; their records are
     /// finished and marked `interrupted`), then stops the endpoint.
     pub async fn shutdown(mut self, grace: Duration) {
-        let live = &self.env.live;
-        if live.live() > 0 {
-            tracing::info!(
-                count = live.live(),
-                "shutting down: waiting up to {grace:?} for live calls to finish"
-            );
-        }
-        if !live.wait_idle(grace).await {
-            tracing::warn!(
-                count = live.live(),
-                "grace period over: cutting the remaining calls"
-            );
-            live.hard_stop.cancel();
-            if !live.wait_idle(Duration::from_secs(10)).await {
-                tracing::error!(
-                    count = live.live(),
-                    "some calls did not finish their records in time"
-                );
-            }
-        }
+        self.env.call.live.drain(grace).await;
         self.cancel.cancel();
         for task in self.tasks.drain(..) {
             task.abort();
@@ -198,30 +176,9 @@ pub async fn serve(args: SipArgs, shared: SharedDeps) -> anyhow::Result<()> {
     let config = SipConfig::new(args.listen, args.rtp_ip)?;
     let script_dir = args.script_dir.unwrap_or_else(Script::default_dir);
     let audio_dir = args.audio_dir.unwrap_or_else(|| PathBuf::from("audio"));
-    let script = Script::load(&script_dir)
-        .with_context(|| format!("cannot load the script from {}", script_dir.display()))?;
-    let clips = ClipLibrary::load(&audio_dir)
-        .with_context(|| format!("cannot load the clips from {}", audio_dir.display()))?;
-    let missing = missing_clips(&script, &clips);
-    if !missing.is_empty() {
-        bail!(
-            "{} has no clip for these script lines: {}; render them (tools/tts) first",
-            audio_dir.display(),
-            missing.join(", ")
-        );
-    }
-    crate::transport::twilio::server::close_interrupted_calls(&shared.store);
-    let server = SipServer::start(
-        config,
-        CallDeps {
-            store: shared.store,
-            recognizer: Some(shared.recognizer),
-            script: Arc::new(script),
-            clips: Arc::new(clips),
-            session: shared.session,
-        },
-    )
-    .await?;
+    let deps = CallDeps::load(shared, &script_dir, &audio_dir)?;
+    close_interrupted_calls(&deps.store);
+    let server = SipServer::start(config, deps).await?;
     eprintln!(
         "renewal-bot: answering SIP calls on udp {}; dial sip:bot@{}",
         server.local_addr(),
@@ -331,7 +288,7 @@ async fn answer_invite(mut tx: Transaction, env: SipEnv, config: SipConfig) {
         // Never talk to a number on the do-not-call list; when the list cannot be read,
         // do not talk either.
         if let Some(number) = to_number.clone() {
-            let store = env.deps.store.clone();
+            let store = env.call.deps.store.clone();
             let dnc = tokio::task::spawn_blocking(move || store.is_dnc(&number))
                 .await
                 .map_err(|err| err.to_string())

@@ -6,7 +6,8 @@
 //! - [`signature`] — `X-Twilio-Signature`;
 //! - [`config`] — `serve` settings, and the Twilio account flags `call` shares;
 //! - [`server`] — the axum app and graceful shutdown;
-//! - [`call`] — the per-call driver (pacing, marks, barge-in, recognition, store);
+//! - [`call`] — the per-call Media Stream (pacing, marks, `clear`, closing the stream), driven
+//!   by `transport::driver`;
 //! - [`rest`] — the Calls API client.
 
 pub mod call;
@@ -16,6 +17,5 @@ pub mod rest;
 pub mod server;
 pub mod signature;
 
-pub use call::{CallDeps, CallEvent};
 pub use config::{ServeArgs, ServeConfig, TwilioCredentials};
-pub use server::{AppState, SharedDeps, router, serve};
+pub use server::{AppState, router, serve};

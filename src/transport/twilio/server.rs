@@ -10,13 +10,12 @@
 //! against the URL Twilio used: the public base URL plus the request's path and query. The
 //! two webhooks get their checked form parameters from the `SignedForm` extractor.
 
-use crate::asr::RecognizerPool;
-use crate::audio::clips::ClipLibrary;
-use crate::dialog::Script;
 use crate::labels::Outcome;
-use crate::session::SessionConfig;
 use crate::store::Store;
-use anyhow::{Context, bail};
+use crate::transport::calls::{
+    CallDeps, CallEnv, CallEvent, SharedDeps, close_interrupted_calls, shutdown_signal,
+};
+use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
@@ -30,20 +29,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-use super::call::{self, CallDeps, CallEnv, CallEvent, LiveCalls};
+use super::call::{self, TwilioEnv};
 use super::config::{ServeArgs, ServeConfig, websocket_base};
 use super::protocol;
 use super::rest::TwilioRest;
 use super::signature;
-
-/// What `main` hands to [`serve`]: the things that are slow to set up or shared with other
-/// commands.
-pub struct SharedDeps {
-    pub store: Store,
-    /// The whisper pool, shared by every call.
-    pub recognizer: RecognizerPool,
-    pub session: SessionConfig,
-}
 
 /// The server's state, shared by every request and call.
 #[derive(Clone)]
@@ -54,7 +44,7 @@ pub struct AppState {
 struct Inner {
     public_url: Option<String>,
     auth_token: Option<String>,
-    env: CallEnv,
+    env: TwilioEnv,
     connections: AtomicU64,
 }
 
@@ -66,16 +56,13 @@ impl AppState {
             (Some(sid), Some(token)) => Some(TwilioRest::new(&config.twilio_api_base, sid, token)),
             _ => None,
         };
-        let (events, _) = broadcast::channel(1_024);
         AppState {
             inner: Arc::new(Inner {
                 public_url: config.public_url.clone(),
                 auth_token: config.auth_token.clone(),
-                env: CallEnv {
-                    deps,
+                env: TwilioEnv {
+                    call: CallEnv::new(deps),
                     rest,
-                    events,
-                    live: LiveCalls::new(),
                 },
                 connections: AtomicU64::new(0),
             }),
@@ -84,39 +71,19 @@ impl AppState {
 
     /// Call events (opening delay, turns with latency, ends) from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
-        self.inner.env.events.subscribe()
+        self.inner.env.call.events.subscribe()
     }
 
     /// Calls with a live WebSocket (or still settling their record).
     pub fn live_calls(&self) -> usize {
-        self.inner.env.live.live()
+        self.inner.env.call.live.live()
     }
 
     /// After the listener stopped: lets live calls finish within `grace`, then cuts the
     /// rest (their records are finished and marked `interrupted`) and waits for the writes.
     pub async fn drain(&self, grace: Duration) {
-        let live = &self.inner.env.live;
-        let count = live.live();
-        if count > 0 {
-            tracing::info!(
-                count,
-                "shutting down: waiting up to {grace:?} for live calls to finish"
-            );
-        }
-        if live.wait_idle(grace).await {
+        if self.inner.env.call.live.drain(grace).await {
             tracing::info!("all calls finished");
-            return;
-        }
-        tracing::warn!(
-            count = live.live(),
-            "grace period over: cutting the remaining calls"
-        );
-        live.hard_stop.cancel();
-        if !live.wait_idle(Duration::from_secs(10)).await {
-            tracing::error!(
-                count = live.live(),
-                "some calls did not finish their records in time"
-            );
         }
     }
 
@@ -172,7 +139,7 @@ impl AppState {
     }
 
     fn store(&self) -> &Store {
-        &self.inner.env.deps.store
+        &self.inner.env.call.deps.store
     }
 }
 
@@ -404,39 +371,15 @@ async fn media(
 /// [`AppState::drain`]).
 pub async fn serve(args: ServeArgs, shared: SharedDeps) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    let script = Script::load(&config.script_dir).with_context(|| {
-        format!(
-            "cannot load the script from {}",
-            config.script_dir.display()
-        )
-    })?;
-    let clips = ClipLibrary::load(&config.audio_dir)
-        .with_context(|| format!("cannot load the clips from {}", config.audio_dir.display()))?;
-    let missing = call::missing_clips(&script, &clips);
-    if !missing.is_empty() {
-        bail!(
-            "{} has no clip for these script lines: {}; render them (tools/tts) first",
-            config.audio_dir.display(),
-            missing.join(", ")
-        );
-    }
+    let deps = CallDeps::load(shared, &config.script_dir, &config.audio_dir)?;
     if config.public_url.is_none() {
         tracing::warn!(
             "no --public-url / PUBLIC_URL: the Host header is trusted and https assumed for \
              stream URLs and signatures"
         );
     }
-    close_interrupted_calls(&shared.store);
-    let state = AppState::new(
-        &config,
-        CallDeps {
-            store: shared.store,
-            recognizer: Some(shared.recognizer),
-            script: Arc::new(script),
-            clips: Arc::new(clips),
-            session: shared.session,
-        },
-    );
+    close_interrupted_calls(&deps.store);
+    let state = AppState::new(&config, deps);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (see --listen)", config.listen))?;
@@ -449,50 +392,4 @@ pub async fn serve(args: ServeArgs, shared: SharedDeps) -> anyhow::Result<()> {
     state.drain(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// No call lasts this long (two minutes of talk plus ringing and the closing line): an
-/// older one still open in the store was cut off when the bot stopped.
-const INTERRUPTED_AFTER: Duration = Duration::from_secs(600);
-
-/// Closes the calls an earlier run left open, so `calls list` tells them from live ones.
-/// A store that cannot do it now is no reason not to take calls: it is logged.
-pub fn close_interrupted_calls(store: &Store) {
-    match store.close_interrupted_calls(INTERRUPTED_AFTER) {
-        Ok(ids) if ids.is_empty() => {}
-        Ok(ids) => tracing::warn!(
-            calls = ids.len(),
-            ids = %ids.join(", "),
-            "closed calls that an earlier run left open (it stopped mid-call); their turns are kept"
-        ),
-        Err(err) => tracing::error!(%err, "cannot close calls an earlier run left open"),
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C: stopping"),
-        _ = terminate => tracing::info!("SIGTERM: stopping"),
-    }
 }
