@@ -4,7 +4,7 @@
 //! been told (every outcome ends follow-up for this notice), and one who never answered is
 //! tried again only up to a limit.
 
-use crate::dialer::{CallArgs, CallFlags, PlacedCall, e164, place_call};
+use crate::dialer::{DialSettings, PlacedCall, e164, place_call};
 use crate::store::{CallRow, Store};
 use anyhow::Context;
 use futures_util::stream::{self, StreamExt};
@@ -38,35 +38,7 @@ pub struct CampaignFlags {
     pub dry_run: bool,
     /// Caller id, public URL, ringing time and account, as for `renewal-bot call`.
     #[command(flatten)]
-    pub call: CampaignCallFlags,
-}
-
-/// The `call` settings a campaign shares with `renewal-bot call`, without the number.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CampaignCallFlags {
-    /// The Twilio number to call from.
-    #[arg(long, env = "TWILIO_FROM_NUMBER")]
-    pub from: Option<String>,
-    /// The public base URL of `renewal-bot serve` (https://bot.example.com).
-    #[arg(long, env = "PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// Seconds to let each phone ring.
-    #[arg(long, default_value_t = 30)]
-    pub timeout: u32,
-    #[command(flatten)]
-    pub twilio: crate::transport::twilio::config::TwilioCredentials,
-}
-
-impl CampaignCallFlags {
-    fn for_number(&self, number: &str) -> CallArgs {
-        CallArgs::from(CallFlags {
-            number: number.to_string(),
-            from: self.from.clone(),
-            public_url: self.public_url.clone(),
-            timeout: self.timeout,
-            twilio: self.twilio.clone(),
-        })
-    }
+    pub call: DialSettings,
 }
 
 /// One line of the numbers file.

@@ -13,12 +13,20 @@ use tracing::Instrument;
 
 /// `renewal-bot call NUMBER`: the command line of [`CallArgs`].
 #[derive(Debug, Clone, clap::Args)]
-#[command(mut_arg("twilio_api_base", |arg| arg
-    .help("Base URL of the Twilio REST API")
-    .default_value(DEFAULT_API_BASE)))]
 pub struct CallFlags {
     /// The callee's number in E.164 form, e.g. +8613800000000 (spaces and dashes are fine).
     pub number: String,
+    #[command(flatten)]
+    pub dial: DialSettings,
+}
+
+/// How calls are placed (caller id, where Twilio finds the bot, ringing time, account):
+/// the flags `call` and `campaign` share.
+#[derive(Debug, Clone, clap::Args)]
+#[command(mut_arg("twilio_api_base", |arg| arg
+    .help("Base URL of the Twilio REST API")
+    .default_value(DEFAULT_API_BASE)))]
+pub struct DialSettings {
     /// The Twilio number to call from.
     #[arg(long, env = "TWILIO_FROM_NUMBER")]
     pub from: Option<String>,
@@ -32,7 +40,27 @@ pub struct CallFlags {
     pub twilio: TwilioCredentials,
 }
 
-/// One outbound call to place, as [`place_call`] takes it; see [`CallFlags`] for each field.
+impl DialSettings {
+    /// The call to `number` with these settings.
+    pub fn for_number(&self, number: &str) -> CallArgs {
+        let TwilioCredentials {
+            auth_token,
+            account_sid,
+            twilio_api_base,
+        } = self.twilio.clone();
+        CallArgs {
+            number: number.to_string(),
+            from: self.from.clone(),
+            public_url: self.public_url.clone(),
+            twilio_api_base: twilio_api_base.unwrap_or_else(|| DEFAULT_API_BASE.to_string()),
+            timeout: self.timeout,
+            account_sid,
+            auth_token,
+        }
+    }
+}
+
+/// One outbound call to place, as [`place_call`] takes it; see [`DialSettings`] for each field.
 #[derive(Debug, Clone)]
 pub struct CallArgs {
     pub number: String,
@@ -47,20 +75,7 @@ pub struct CallArgs {
 
 impl From<CallFlags> for CallArgs {
     fn from(flags: CallFlags) -> CallArgs {
-        let TwilioCredentials {
-            auth_token,
-            account_sid,
-            twilio_api_base,
-        } = flags.twilio;
-        CallArgs {
-            number: flags.number,
-            from: flags.from,
-            public_url: flags.public_url,
-            twilio_api_base: twilio_api_base.unwrap_or_else(|| DEFAULT_API_BASE.to_string()),
-            timeout: flags.timeout,
-            account_sid,
-            auth_token,
-        }
+        flags.dial.for_number(&flags.number)
     }
 }
 

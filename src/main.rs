@@ -136,26 +136,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Eval(args) => run_eval(&cli.model, args),
         Command::Serve(args) => {
-            let store = open_store(&cli.db)?;
-            let script_dir = args.script_dir.clone().unwrap_or_else(Script::default_dir);
-            let recognizer = start_recognizer(&cli.model, &load_script(&script_dir)?)?;
-            let shared = renewal_bot::transport::SharedDeps {
-                store,
-                recognizer,
-                session: SessionConfig::default(),
-            };
+            let shared = shared_deps(&cli.db, &cli.model, args.script_dir.as_deref())?;
             runtime()?.block_on(renewal_bot::transport::twilio::server::serve(args, shared))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sip(args) => {
-            let store = open_store(&cli.db)?;
-            let script_dir = args.script_dir.clone().unwrap_or_else(Script::default_dir);
-            let recognizer = start_recognizer(&cli.model, &load_script(&script_dir)?)?;
-            let shared = renewal_bot::transport::SharedDeps {
-                store,
-                recognizer,
-                session: SessionConfig::default(),
-            };
+            let shared = shared_deps(&cli.db, &cli.model, args.script_dir.as_deref())?;
             runtime()?.block_on(renewal_bot::transport::sip::serve(args, shared))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -255,6 +241,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What every live call of `serve` or `sip` shares: the store and one recognizer pool
+/// set up for the script's rules.
+fn shared_deps(
+    db: &Path,
+    model: &Path,
+    script_dir: Option<&Path>,
+) -> anyhow::Result<renewal_bot::transport::SharedDeps> {
+    let store = open_store(db)?;
+    let script_dir = script_dir.map_or_else(Script::default_dir, Path::to_path_buf);
+    let recognizer = start_recognizer(model, &load_script(&script_dir)?)?;
+    Ok(renewal_bot::transport::SharedDeps {
+        store,
+        recognizer,
+        session: SessionConfig::default(),
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1139,59 +1139,45 @@ mod tests {
         assert!(!call.hung_up(), "the callee hung up, not the bot");
     }
 
-    #[test]
-    fn last_words_before_a_hang_up_still_decide() {
+    /// The callee spoke from 5.4 s for `speech_ms`, hung up before the transcript came
+    /// back, and the transcript says `text`.
+    fn hang_up_while_recognizing(speech_ms: Millis, text: &str) -> Session {
         let mut session = Session::new("t", script(), SessionConfig::default());
         session.start(0);
         session.on_playback_finished(5_000, 1);
-        // The transcript arrives after the line went dead.
+        let speech_end = 5_400 + speech_ms;
         session.in_flight.insert(
             99,
             InFlight {
                 speech_start: 5_400,
-                speech_end: 6_400,
+                speech_end,
                 over_playback: false,
                 early: false,
             },
         );
-        session.on_hangup(6_500);
+        session.on_hangup(speech_end + 100);
         assert!(!session.is_ended(), "waits for the transcript");
         session.on_transcript(
-            6_900,
+            speech_end + 500,
             99,
             Transcript {
-                text: "烦死了，我挂了".into(),
+                text: text.into(),
                 no_speech_prob: 0.0,
             },
         );
         assert!(session.is_ended());
+        session
+    }
+
+    #[test]
+    fn last_words_before_a_hang_up_still_decide() {
+        let session = hang_up_while_recognizing(1_000, "烦死了，我挂了");
         assert_eq!(session.summary().map(|s| s.outcome), Some(Outcome::Hostile));
     }
 
     #[test]
     fn a_question_that_names_an_outcome_counts_as_last_words() {
-        let mut session = Session::new("t", script(), SessionConfig::default());
-        session.start(0);
-        session.on_playback_finished(5_000, 1);
-        session.in_flight.insert(
-            99,
-            InFlight {
-                speech_start: 5_400,
-                speech_end: 7_400,
-                over_playback: false,
-                early: false,
-            },
-        );
-        session.on_hangup(7_500);
-        session.on_transcript(
-            8_000,
-            99,
-            Transcript {
-                text: "要是销户的话，要走什么流程？".into(),
-                no_speech_prob: 0.0,
-            },
-        );
-        assert!(session.is_ended());
+        let session = hang_up_while_recognizing(2_000, "要是销户的话，要走什么流程？");
         let summary = session.summary().expect("a summary");
         assert_eq!(summary.outcome, Outcome::ClosingAccount);
         assert!(summary.do_not_call);

@@ -6,7 +6,8 @@
 
 mod support;
 
-use renewal_bot::campaign::{CampaignCallFlags, CampaignFlags, Disposition, run_campaign};
+use renewal_bot::campaign::{CampaignFlags, Disposition, run_campaign};
+use renewal_bot::dialer::DialSettings;
 use renewal_bot::labels::Outcome;
 use renewal_bot::store::{NewCall, Store};
 use renewal_bot::transport::twilio::config::TwilioCredentials;
@@ -23,7 +24,7 @@ fn flags(numbers: &std::path::Path, api_base: &str, dry_run: bool) -> CampaignFl
         concurrent: 2,
         max_attempts: 3,
         dry_run,
-        call: CampaignCallFlags {
+        call: DialSettings {
             from: Some(FROM.into()),
             public_url: Some("https://bot.example.com".into()),
             timeout: 20,
