@@ -16,6 +16,15 @@ use renewal_bot::transport::CallEvent;
 use std::time::Duration;
 use support::*;
 
+/// The server with the real whisper pool, as `serve` runs it.
+async fn whisper_server() -> TestServer {
+    TestServer::start(ServerOpts {
+        recognizer: Some(pool()),
+        ..ServerOpts::default()
+    })
+    .await
+}
+
 struct CaseResult {
     name: String,
     expected_outcome: String,
@@ -138,13 +147,8 @@ const TRANSPORT_CASES: &[&str] = &[
 /// One case per outcome that fits in about a minute of call time, played at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_fixture_calls_reach_the_right_outcome() {
-    let recognizer = pool();
     let (manifest, dir) = fixtures();
-    let server = TestServer::start(ServerOpts {
-        recognizer: Some(recognizer),
-        ..ServerOpts::default()
-    })
-    .await;
+    let server = whisper_server().await;
     // One case per outcome (plus callee hang-ups), clean recordings that the recognizer and
     // the rules get right in the simulator: this test is about the transport, the eval
     // measures recognition. Missing names fail the test (the fixtures changed).
@@ -200,18 +204,13 @@ async fn replayed_fixture_calls_reach_the_right_outcome() {
 /// The callee talks over the opening: the bot sends `clear` at once and the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_over_the_opening_sends_clear() {
-    let recognizer = pool();
     let (manifest, dir) = fixtures();
     let case = manifest
         .cases
         .iter()
         .find(|c| c.outcome == "self_service" && c.turns.len() == 2 && !c.hangs_up())
         .expect("a two-turn self_service case");
-    let server = TestServer::start(ServerOpts {
-        recognizer: Some(recognizer),
-        ..ServerOpts::default()
-    })
-    .await;
+    let server = whisper_server().await;
     let mut events = server.state.subscribe();
     let to = "+8613700000001";
     let call_sid = "CA-barge-in";
@@ -326,13 +325,8 @@ async fn print_load_figures(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load test: about a minute of real time, prints figures"]
 async fn load_ten_simultaneous_calls() {
-    let recognizer = pool();
     let (manifest, dir) = fixtures();
-    let server = TestServer::start(ServerOpts {
-        recognizer: Some(recognizer),
-        ..ServerOpts::default()
-    })
-    .await;
+    let server = whisper_server().await;
     let collector = collect_figures(server.state.subscribe());
     // Every outcome that fits in about a minute, then more calls in manifest order: ten
     // calls that disagree, not ten renewals.
@@ -380,11 +374,7 @@ async fn load_every_fixture_call_ten_in_flight() {
     use futures_util::stream::{self, StreamExt};
     let recognizer = pool();
     let (manifest, dir) = fixtures();
-    let server = TestServer::start(ServerOpts {
-        recognizer: Some(recognizer.clone()),
-        ..ServerOpts::default()
-    })
-    .await;
+    let server = whisper_server().await;
     let collector = collect_figures(server.state.subscribe());
     let cases = playable(&manifest);
     let started = std::time::Instant::now();
