@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Renders the callee fixtures: tests/fixtures/calls.toml (+ wav/),
-tests/fixtures/holdout/calls.toml (+ wav/), tests/fixtures/blind/calls.toml (+ wav/) and
-tests/fixtures/blind2/calls.toml (+ wav/) from tools/tts/fixtures.toml.
+tests/fixtures/holdout/calls.toml (+ wav/), tests/fixtures/blind/calls.toml (+ wav/),
+tests/fixtures/blind2/calls.toml (+ wav/) and tests/fixtures/blind3/calls.toml (+ wav/) from
+tools/tts/fixtures.toml.
 
 Every case is checked against the dialog policy before anything is rendered: the expected
 outcome in fixtures.toml must be what script/dialog.toml + shared/scenario.md give for the
@@ -17,7 +18,7 @@ telephone round trip (8 kHz, 300–3400 Hz band-pass, G.711 μ-law encode+decode
 Unchanged turns are not re-rendered (cache in tools/tts/.cache/fixtures-cache.json).
 
 Usage: tools/tts/.cache/venv/bin/python tools/tts/render_fixtures.py [--check]
-       [--set main|holdout|blind|blind2]...   (default: all sets; every set is validated either way)
+       [--set main|holdout|blind|blind2|blind3]...   (default: all sets; every set is validated either way)
 """
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ CACHE_FILE = ttslib.CACHE / "fixtures-cache.json"
 RENDER_VERSION = 3  # bump to re-render every turn after changing the audio chain
 PAD_S = 0.3
 LI_MING = "zm_yunjian"
-# Fixture sets in fixtures.toml (`[[main]]`, `[[holdout]]`, `[[blind]]`, `[[blind2]]`) and
-# where each is rendered, under tests/fixtures/. A set may share no sentence and no voice
-# with the sets listed before it.
-SETS = {"main": "", "holdout": "holdout", "blind": "blind", "blind2": "blind2"}
-SET_TITLES = {"main": "main", "holdout": "held-out", "blind": "blind", "blind2": "second blind"}
+# Fixture sets in fixtures.toml (`[[main]]`, `[[holdout]]`, `[[blind]]`, `[[blind2]]`,
+# `[[blind3]]`) and where each is rendered, under tests/fixtures/. A set may share no
+# sentence and no voice with the sets listed before it.
+SETS = {"main": "", "holdout": "holdout", "blind": "blind", "blind2": "blind2",
+        "blind3": "blind3"}
+SET_TITLES = {"main": "main", "holdout": "held-out", "blind": "blind", "blind2": "second blind",
+              "blind3": "third blind"}
 
 OUTCOMES = ["self_service", "declined", "do_not_call", "written_only", "closing_account",
             "hostile", "callee_hangup", "no_response", "wrong_person", "max_duration"]
@@ -432,6 +435,11 @@ def main() -> int:
                        "in the other sets. For measuring generalization only: never tune rules on it.\n")
         elif s == "blind2":
             header += ("# Second blind set: written without looking at script/intents.toml, "
+                       "tests/fixtures/phrasings.txt or any other set's sentences; voice blends not "
+                       "used in the other sets. For measuring generalization only: never tune rules "
+                       "on it.\n")
+        elif s == "blind3":
+            header += ("# Third blind set: written without looking at script/intents.toml, "
                        "tests/fixtures/phrasings.txt or any other set's sentences; voice blends not "
                        "used in the other sets. For measuring generalization only: never tune rules "
                        "on it.\n")
