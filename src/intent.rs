@@ -157,14 +157,51 @@ struct Utterance {
     with_clauses: Vec<Form>,
 }
 
+/// Cantonese function words as callees write or whisper transcribes them, with their
+/// Mandarin equivalents, so the rules (written in Mandarin) read 唔使 as 不用 and 冇兴趣 as
+/// 没兴趣. Only words that mean nothing else in Mandarin text: 系 (是) is left alone, since
+/// it also writes 系统.
+const CANTONESE_WORDS: &[(&str, &str)] = &[
+    ("唔使", "不用"),
+    ("唔好", "不要"),
+    ("喺度", "在"),
+    ("唔该", "谢谢"),
+    ("乜嘢", "什么"),
+    ("咩嘢", "什么"),
+    ("边个", "谁"),
+    ("边位", "哪位"),
+    ("几时", "什么时候"),
+    ("收线", "挂了"),
+    ("唔", "不"),
+    ("喺", "在"),
+    ("嚟", "来"),
+    ("咗", "了"),
+    ("睇", "看"),
+    ("畀", "给"),
+    ("冇", "没"),
+    ("咩", "什么"),
+    ("嘅", "的"),
+    ("佢", "他"),
+    ("啲", "些"),
+];
+
+/// `normalized` with Cantonese function words in their Mandarin form.
+fn as_mandarin(normalized: &str) -> String {
+    CANTONESE_WORDS
+        .iter()
+        .fold(normalized.to_string(), |text, (cantonese, mandarin)| {
+            text.replace(cantonese, mandarin)
+        })
+}
+
 impl Utterance {
     fn new(raw: &str) -> Utterance {
         let normalized = text::normalize(raw);
-        let whole = Self::forms(&normalized);
+        let whole = Self::forms(&as_mandarin(&normalized));
         let mut with_clauses = whole.clone();
         let clauses: Vec<String> = raw
             .split(|c: char| !c.is_alphanumeric() && !c.is_whitespace())
-            .map(text::normalize)
+            .map(|clause| as_mandarin(&text::normalize(clause)))
             .filter(|c| !c.is_empty())
             .collect();
         if clauses.len() > 1 {
@@ -584,6 +621,19 @@ mod tests {
         assert!(one_slip_regex("^不用了$").unwrap().is_none());
         assert!(one_slip_regex("随便.{0,3}吧").unwrap().is_none());
         assert!(one_slip_regex("不用").unwrap().is_none());
+    }
+
+    #[test]
+    fn cantonese_function_words_read_as_mandarin() {
+        let rules = rules();
+        check(&rules, "唔使续啦，冇兴趣", Decline);
+        check(&rules, "你系边个啊？", ConfirmIdentity);
+        check(&rules, "咩话？", AskRepeat);
+        check(&rules, "唔好再打嚟啦", DoNotCall);
+        check(&rules, "佢唔喺度", WrongPerson);
+        // 系统 keeps its meaning: 系 is not rewritten.
+        check(&rules, "我自己上系统续就得", SelfService);
+        assert_eq!(as_mandarin("唔使"), "不用");
     }
 
     #[test]
