@@ -465,13 +465,7 @@ impl Session {
         if !self.resisted {
             lines.extend(transition.say_if_no_resistance.iter().cloned());
         }
-        if let Some(pending) = transition.pending {
-            self.pending = Some(pending);
-            self.pending_words = words.to_string();
-        }
-        if transition.do_not_call_now {
-            self.mark_do_not_call(words);
-        }
+        self.note_transition(transition, words);
         match transition.next {
             Next::Stay => lines.into_iter().for_each(|l| self.play(l)),
             Next::State(next) => {
@@ -483,13 +477,30 @@ impl Session {
                 outcome,
                 prefer_pending,
             } => {
-                let outcome = if prefer_pending {
-                    self.pending.unwrap_or(outcome)
-                } else {
-                    outcome
-                };
+                let outcome = self.ending(outcome, prefer_pending);
                 self.close(now, outcome, lines, words);
             }
+        }
+    }
+
+    /// What a transition remembers whether or not anyone hears its lines: the outcome it
+    /// leaves pending (with the callee's words) and an immediate do-not-call.
+    fn note_transition(&mut self, transition: &Transition, words: &str) {
+        if let Some(pending) = transition.pending {
+            self.pending = Some(pending);
+            self.pending_words = words.to_string();
+        }
+        if transition.do_not_call_now {
+            self.mark_do_not_call(words);
+        }
+    }
+
+    /// The outcome an ending transition gives: the pending one when it prefers that.
+    fn ending(&self, outcome: Outcome, prefer_pending: bool) -> Outcome {
+        if prefer_pending {
+            self.pending.unwrap_or(outcome)
+        } else {
+            outcome
         }
     }
 
@@ -562,23 +573,13 @@ impl Session {
         }) else {
             return;
         };
-        if let Some(pending) = transition.pending {
-            self.pending = Some(pending);
-            self.pending_words = heard.normalized.clone();
-        }
-        if transition.do_not_call_now {
-            self.mark_do_not_call(&heard.normalized);
-        }
+        self.note_transition(&transition, &heard.normalized);
         if let Next::End {
             outcome,
             prefer_pending,
         } = transition.next
         {
-            let outcome = if prefer_pending {
-                self.pending.unwrap_or(outcome)
-            } else {
-                outcome
-            };
+            let outcome = self.ending(outcome, prefer_pending);
             tracing::info!(call_id = %self.call_id, now, %intent, outcome = %outcome, "last words before the hang-up decide the outcome");
             self.outcome = Some(outcome);
             if outcome.adds_to_do_not_call() {
