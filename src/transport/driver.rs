@@ -315,11 +315,23 @@ impl CallCore {
 
     /// Drains the session's actions, then lets the transport send what is due.
     async fn after_event<T: CallIo>(&mut self, io: &mut T) {
+        self.drain_actions(io).await;
+        io.after_actions(self);
+    }
+
+    /// Applies every action the session has queued, as one batch.
+    async fn drain_actions<T: CallIo>(&mut self, io: &mut T) {
         self.batch_plays.clear();
         while let Some(action) = self.session.poll_action() {
             self.apply(action, io).await;
         }
-        io.after_actions(self);
+    }
+
+    /// Records the turns still waiting for a reply frame that will never come.
+    fn flush_pending_turns(&mut self) {
+        for (turn, _) in std::mem::take(&mut self.pending_turns) {
+            self.record_turn(turn, None);
+        }
     }
 
     async fn apply<T: CallIo>(&mut self, action: Action, io: &mut T) {
@@ -340,9 +352,7 @@ impl CallCore {
                 self.batch_plays.clear();
                 io.stop_playback(self, dropped).await;
                 // Replies that never got a frame out have no latency to measure.
-                for (turn, _) in std::mem::take(&mut self.pending_turns) {
-                    self.record_turn(turn, None);
-                }
+                self.flush_pending_turns();
             }
             Action::Recognize {
                 utterance,
@@ -482,13 +492,8 @@ impl CallCore {
     /// Writes the end of the call and waits until the store has it.
     async fn finish<T: CallIo>(mut self, mut io: T) {
         // Whatever the last batch produced (the session may end on the same event).
-        self.batch_plays.clear();
-        while let Some(action) = self.session.poll_action() {
-            self.apply(action, &mut io).await;
-        }
-        for (turn, _) in std::mem::take(&mut self.pending_turns) {
-            self.record_turn(turn, None);
-        }
+        self.drain_actions(&mut io).await;
+        self.flush_pending_turns();
         io.close(&mut self).await;
         let now = self.now();
         let summary = self.session.summary();
