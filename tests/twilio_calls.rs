@@ -321,13 +321,35 @@ async fn print_load_figures(
     println!("largest audio lead seen by a client: {max_lead:?}");
 }
 
+/// Replays `cases` against one server with the real recognizer, ten calls in flight at a
+/// time (the next starts as one ends); prints the figures and checks every call's
+/// transport structure (hang-up after the last mark, no cut audio; timings are reported,
+/// not asserted).
+async fn run_load(title: &str, dir: &std::path::Path, cases: &[&Case]) -> Vec<CaseResult> {
+    use futures_util::stream::{self, StreamExt};
+    let server = whisper_server().await;
+    let collector = collect_figures(server.state.subscribe());
+    let started = std::time::Instant::now();
+    let results: Vec<CaseResult> = stream::iter(cases.iter().enumerate())
+        .map(|(i, case)| replay(&server, dir, case, 100 + i))
+        .buffered(10)
+        .collect()
+        .await;
+    let wall = started.elapsed();
+    report(&results);
+    drop(server);
+    print_load_figures(title, &results, wall, collector).await;
+    for (r, case) in results.iter().zip(cases) {
+        check_transport(r, case.hangs_up(), false);
+    }
+    results
+}
+
 /// 10 simultaneous replayed calls; prints opening delay and reply latency figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load test: about a minute of real time, prints figures"]
 async fn load_ten_simultaneous_calls() {
     let (manifest, dir) = fixtures();
-    let server = whisper_server().await;
-    let collector = collect_figures(server.state.subscribe());
     // Every outcome that fits in about a minute, then more calls in manifest order: ten
     // calls that disagree, not ten renewals.
     let playable = playable(&manifest);
@@ -346,23 +368,8 @@ async fn load_ten_simultaneous_calls() {
         }
     }
     cases.truncate(10);
-    let started = std::time::Instant::now();
-    let results = join_all(
-        cases
-            .iter()
-            .enumerate()
-            .map(|(i, case)| replay(&server, &dir, case, 100 + i)),
-    )
-    .await;
-    let wall = started.elapsed();
-    report(&results);
-    drop(server);
-    let title = format!("{} simultaneous calls", results.len());
-    print_load_figures(&title, &results, wall, collector).await;
-    // Structure only (hang-up after the last mark, no cut audio); timings are reported.
-    for (r, case) in results.iter().zip(&cases) {
-        check_transport(r, case.hangs_up(), false);
-    }
+    let title = format!("{} simultaneous calls", cases.len());
+    run_load(&title, &dir, &cases).await;
 }
 
 /// Every playable fixture call with ten always in flight (the next starts as one ends),
@@ -371,23 +378,11 @@ async fn load_ten_simultaneous_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load test: several minutes of real time, prints figures"]
 async fn load_every_fixture_call_ten_in_flight() {
-    use futures_util::stream::{self, StreamExt};
     let recognizer = pool();
     let (manifest, dir) = fixtures();
-    let server = whisper_server().await;
-    let collector = collect_figures(server.state.subscribe());
     let cases = playable(&manifest);
-    let started = std::time::Instant::now();
-    let results: Vec<CaseResult> = stream::iter(cases.iter().enumerate())
-        .map(|(i, case)| replay(&server, &dir, case, 200 + i))
-        .buffered(10)
-        .collect()
-        .await;
-    let wall = started.elapsed();
-    report(&results);
-    drop(server);
-    let title = format!("{} calls, ten in flight", results.len());
-    print_load_figures(&title, &results, wall, collector).await;
+    let title = format!("{} calls, ten in flight", cases.len());
+    let results = run_load(&title, &dir, &cases).await;
 
     let single = tokio::task::spawn_blocking(move || {
         use renewal_bot::eval::{self, EvalOptions, manifest::Manifest, simulate::Transcribe};
@@ -434,7 +429,4 @@ async fn load_every_fixture_call_ten_in_flight() {
         "calls whose outcome or do-not-call state differs under load: {} {differ:#?}",
         differ.len()
     );
-    for (r, case) in results.iter().zip(&cases) {
-        check_transport(r, case.hangs_up(), false);
-    }
 }
