@@ -263,23 +263,43 @@ async fn wait_for_end(store: &Store, call_id: &str, limit: Duration) -> Option<S
     }
 }
 
+/// Shown for a call the campaign stopped waiting for.
+const STILL_RUNNING: &str = "(still running)";
+
+impl Disposition {
+    /// The word the report uses for this kind of disposition.
+    fn kind(&self) -> &'static str {
+        match self {
+            Disposition::Skipped(_) => "skipped",
+            Disposition::WouldCall => "would call",
+            Disposition::Failed(_) => "failed",
+            Disposition::Called { .. } => "called",
+        }
+    }
+}
+
 fn write_line(
     out: &mut (dyn Write + Send),
     entry: &ListedNumber,
     disposition: &Disposition,
 ) -> std::io::Result<()> {
-    let what = match disposition {
-        Disposition::Skipped(reason) => format!("skipped\t{reason}"),
-        Disposition::WouldCall => "would call".to_string(),
-        Disposition::Failed(reason) => format!("failed\t{reason}"),
+    let detail = match disposition {
+        Disposition::Skipped(reason) | Disposition::Failed(reason) => format!("\t{reason}"),
+        Disposition::WouldCall => String::new(),
         Disposition::Called { call, outcome } => format!(
-            "called\t{}\t{}\t{}",
+            "\t{}\t{}\t{}",
             call.call_sid,
             call.call_id,
-            outcome.as_deref().unwrap_or("(still running)")
+            outcome.as_deref().unwrap_or(STILL_RUNNING)
         ),
     };
-    writeln!(out, "line {}\t{}\t{what}", entry.line, entry.raw)
+    writeln!(
+        out,
+        "line {}\t{}\t{}{detail}",
+        entry.line,
+        entry.raw,
+        disposition.kind()
+    )
 }
 
 fn write_summary(
@@ -289,17 +309,11 @@ fn write_summary(
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for (_, disposition) in all {
-        let kind = match disposition {
-            Disposition::Skipped(_) => "skipped",
-            Disposition::WouldCall => "would call",
-            Disposition::Failed(_) => "failed",
-            Disposition::Called { outcome, .. } => {
-                let label = outcome.clone().unwrap_or_else(|| "(still running)".into());
-                *outcomes.entry(label).or_default() += 1;
-                "called"
-            }
-        };
-        *counts.entry(kind).or_default() += 1;
+        if let Disposition::Called { outcome, .. } = disposition {
+            let label = outcome.as_deref().unwrap_or(STILL_RUNNING).to_string();
+            *outcomes.entry(label).or_default() += 1;
+        }
+        *counts.entry(disposition.kind()).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     write!(
