@@ -161,6 +161,8 @@ struct Utterance {
 /// Mandarin equivalents, so the rules (written in Mandarin) read 唔使 as 不用 and 冇兴趣 as
 /// 没兴趣. Only words that mean nothing else in Mandarin text: 系 (是) is left alone, since
 /// it also writes 系统.
+/// Replaced in this order, so a word comes before the single character it starts with
+/// (唔使 before 唔).
 const CANTONESE_WORDS: &[(&str, &str)] = &[
     ("唔使", "不用"),
     ("唔好", "不要"),
