@@ -49,6 +49,8 @@ struct RuleEntry {
     patterns: Vec<toml::Spanned<String>>,
     #[serde(default)]
     unless: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    clause_unless: Vec<toml::Spanned<String>>,
 }
 
 /// Phrases at least this long (characters) still match with one inner character misheard.
@@ -139,7 +141,10 @@ struct Rule {
     label: Intent,
     /// Each pattern with its optional guard (`A !! B`: A counts only without B).
     patterns: Vec<(Pattern, Option<Pattern>)>,
+    /// Vetoes for the whole utterance.
     unless: Vec<Pattern>,
+    /// Vetoes for the clause they occur in.
+    clause_unless: Vec<Pattern>,
 }
 
 /// A normalized text and its sound-alike form.
@@ -155,6 +160,9 @@ struct Utterance {
     /// longer reply. Only for labels that do not decide the outcome: a clause such as 不是
     /// opens many sentences that are no denial.
     with_clauses: Vec<Form>,
+    /// Each clause of a several-clause utterance on its own (empty for one clause), so a
+    /// veto is judged in the clause it belongs to: 短信别发了，也别再打电话了 asks for both.
+    clauses: Vec<Vec<Form>>,
 }
 
 /// Cantonese function words as callees write or whisper transcribes them, with their
@@ -201,6 +209,7 @@ impl Utterance {
         let normalized = text::normalize(raw);
         let whole = Self::forms(&as_mandarin(&normalized));
         let mut with_clauses = whole.clone();
+        let mut clause_forms = Vec::new();
         let clauses: Vec<String> = raw
             .split(|c: char| !c.is_alphanumeric() && !c.is_whitespace())
             .map(|clause| as_mandarin(&text::normalize(clause)))
@@ -213,12 +222,14 @@ impl Utterance {
                 if !core.is_empty() {
                     with_clauses.push((core.to_string(), text::sound_alike(core)));
                 }
+                clause_forms.push(Self::forms(clause));
             }
         }
         Utterance {
             normalized,
             whole,
             with_clauses,
+            clauses: clause_forms,
         }
     }
 
@@ -338,10 +349,16 @@ impl IntentRules {
                 .iter()
                 .map(|s| compile(s, s.get_ref()))
                 .collect::<Result<_, _>>()?;
+            let clause_unless = entry
+                .clause_unless
+                .iter()
+                .map(|s| compile(s, s.get_ref()))
+                .collect::<Result<_, _>>()?;
             rules.push(Rule {
                 label: intent,
                 patterns,
                 unless,
+                clause_unless,
             });
         }
         let report_order = file
@@ -426,10 +443,23 @@ impl IntentRules {
         let mut found = Vec::new();
         for rule in &self.rules {
             let forms = utterance.forms_for(rule.label);
-            let fires = rule.patterns.iter().any(|(pattern, guard)| {
-                matches(pattern, forms) && !guard.as_ref().is_some_and(|g| g.is_match(forms))
-            });
-            if fires && !rule.unless.iter().any(|u| u.is_match(&utterance.whole)) {
+            let fires_in = |forms: &[Form]| {
+                rule.patterns.iter().any(|(pattern, guard)| {
+                    matches(pattern, forms) && !guard.as_ref().is_some_and(|g| g.is_match(forms))
+                })
+            };
+            let clause_vetoed =
+                |forms: &[Form]| rule.clause_unless.iter().any(|u| u.is_match(forms));
+            let fires = fires_in(forms)
+                && !rule.unless.iter().any(|u| u.is_match(&utterance.whole))
+                // A clause veto stands only if no clause says the label on its own, free of
+                // it (别发短信了，电话也别打了 asks for both).
+                && (!clause_vetoed(&utterance.whole)
+                    || utterance
+                        .clauses
+                        .iter()
+                        .any(|clause| fires_in(clause) && !clause_vetoed(clause)));
+            if fires {
                 found.push(rule.label);
             }
         }
@@ -462,7 +492,11 @@ impl IntentRules {
         let mut hits = Vec::new();
         for rule in &self.rules {
             let forms = utterance.forms_for(rule.label);
-            let vetoed_by_unless = rule.unless.iter().any(|u| u.is_match(&utterance.whole));
+            let vetoed_by_unless = rule.unless.iter().any(|u| u.is_match(&utterance.whole))
+                || rule
+                    .clause_unless
+                    .iter()
+                    .any(|u| u.is_match(&utterance.whole));
             for (pattern, guard) in &rule.patterns {
                 if matches(pattern, forms) {
                     let guarded = guard.as_ref().is_some_and(|g| g.is_match(forms));
@@ -636,6 +670,33 @@ mod tests {
         // 系统 keeps its meaning: 系 is not rewritten.
         check(&rules, "我自己上系统续就得", SelfService);
         assert_eq!(as_mandarin("唔使"), "不用");
+    }
+
+    #[test]
+    fn turning_down_help_is_handling_it_himself() {
+        let r = rules();
+        for text in [
+            "不用你们提醒，到时候我自己弄",
+            "不需要你们帮忙，后台我自己点",
+            "这事不用你们插手",
+            "别操这个心了，我自己来",
+        ] {
+            check(&r, text, SelfService);
+        }
+        // Refusing the renewal in its own clause still declines.
+        check(&r, "不用你们提醒了，这个不续了", Decline);
+    }
+
+    #[test]
+    fn a_veto_counts_only_in_its_own_clause() {
+        let r = rules();
+        let both = r.classify("短信你们也别发了，电话也不要再打过来了");
+        assert!(both.has(StopMessages) && both.has(DoNotCall), "{both:?}");
+        assert_eq!(both.primary(), DoNotCall);
+        // One clause about messages alone stays a messages request.
+        check(&r, "以后别再给我发那些推广短信了", StopMessages);
+        let written = r.classify("别再推广告了，真有事发邮件");
+        assert!(written.has(WrittenOnly), "{written:?}");
     }
 
     #[test]

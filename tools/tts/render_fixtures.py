@@ -108,6 +108,7 @@ def simulate(policy: Policy, case: dict, turns: list[dict], clip_ms: dict[str, i
              speech_s: list[float] | None = None):
     """Walks the dialog policy. Returns (outcome, error or None, timing dict)."""
     state, pending, last = policy.start, None, list(policy.opening)
+    offer_only = False  # the pending outcome was only offered: a hang-up does not accept it
     unknowns = 0
     bounds = {"min": REPLY_MIN_S, "nom": REPLY_NOM_S, "max": REPLY_MAX_S}
     t = {b: sum(clip_ms[l] for l in policy.opening) / 1000 for b in bounds}
@@ -134,8 +135,9 @@ def simulate(policy: Policy, case: dict, turns: list[dict], clip_ms: dict[str, i
             if tr is None:
                 return None, f"turn {i + 1}: no transition for {intent} in state {state}", {}
             say = list(tr.get("say", []))
-            if tr.get("pending"):
-                pending = tr["pending"]
+            if tr.get("pending") or tr.get("offered"):
+                pending = tr.get("pending") or tr["offered"]
+                offer_only = "offered" in tr
             if "end" in tr:
                 end = pending if (tr.get("end_with_pending") and pending) else tr["end"]
             else:
@@ -155,7 +157,7 @@ def simulate(policy: Policy, case: dict, turns: list[dict], clip_ms: dict[str, i
     if case["outcome"] == "max_duration":
         return "max_duration", None, timing
     if tail == "hangup":
-        return pending or "callee_hangup", None, timing
+        return (None if offer_only else pending) or "callee_hangup", None, timing
     return pending or "no_response", None, timing
 
 
