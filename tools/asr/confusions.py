@@ -82,7 +82,10 @@ def main() -> int:
                 for r, h in align(hanzi(turn["text"]), hanzi(turn["transcript"])):
                     rs = fuzzy(lazy_pinyin(r, style=Style.NORMAL)[0])
                     hs = fuzzy(lazy_pinyin(h, style=Style.NORMAL)[0])
-                    if rs != hs and re.fullmatch("[a-z]+", rs) and re.fullmatch("[a-z]+", hs):
+                    # 嗯 / 呣 (n, m) are fillers, not syllables a rule phrase holds.
+                    fillers = {"n", "m", "ng", "hm"}
+                    if (rs != hs and re.fullmatch("[a-z]+", rs) and re.fullmatch("[a-z]+", hs)
+                            and rs not in fillers and hs not in fillers):
                         counts[tuple(sorted((rs, hs)))] += 1
     kept = [(pair, n) for pair, n in counts.most_common() if n >= args.min_count]
     print(f"{turns} turns, {sum(counts.values())} substitutions across syllables, "
