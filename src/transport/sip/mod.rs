@@ -4,12 +4,16 @@
 //!
 //! - [`sdp`] — the offer/answer for one PCMU stream, no I/O;
 //! - [`rtp`] — RTP packet parsing and the outgoing stream's header fields, no I/O;
+//! - [`media`] — which SDP addresses get RTP and which sources are the caller's RTP, no I/O;
+//! - [`admission`] — the INVITE rate per source IP, no I/O;
 //! - [`server`] — the rsipstack endpoint: INVITE checks (do-not-call → 603, no PCMU → 488),
 //!   answers, in-dialog routing, graceful shutdown;
 //! - [`call`] — the per-call dialog and RTP stream (pacing, playback, BYE), driven by
 //!   `transport::driver`.
 
+pub mod admission;
 pub mod call;
+pub mod media;
 pub mod rtp;
 pub mod sdp;
 pub mod server;
