@@ -59,7 +59,7 @@ pub(crate) struct SipEnv {
     pub(crate) dialogs: Arc<DialogLayer>,
 }
 
-/// An INVITE that was checked and answered with 200 OK.
+/// An INVITE that was checked and rung (180), about to be answered with 200 OK.
 pub(crate) struct CallSetup {
     pub(crate) call_id: String,
     /// The SIP Call-ID, stored as the call's `call_sid`.
@@ -73,32 +73,45 @@ pub(crate) struct CallSetup {
     pub(crate) rtp: UdpSocket,
     /// Whose RTP is the caller's, and where the bot's goes.
     pub(crate) latch: RtpLatch,
-    /// The SDP answer sent in the 200 OK (repeated for a re-INVITE).
+    /// The SDP answer for the 200 OK (repeated for a re-INVITE).
     pub(crate) answer: String,
-    /// When the 200 OK went out.
-    pub(crate) answered_at: Instant,
     /// How long the 200 OK waits for its ACK.
     pub(crate) ack_timeout: Duration,
 }
 
-/// Runs an answered call to its end (the caller instruments it with the call's span).
-/// `slot`: the call's place under `--max-calls`, freed just before it stops counting as
-/// live.
+/// Records the call, answers it and runs it to its end (the caller instruments it with the
+/// call's span). `slot`: the call's place under `--max-calls`, freed just before it stops
+/// counting as live.
 pub(crate) async fn run(mut setup: CallSetup, env: SipEnv, slot: OwnedSemaphorePermit) {
     let _live = env.call.live.enter();
     let _slot = slot;
+    // A call the caller saw answered always has a record.
     record_start(&setup, &env.call.deps.store).await;
-    match wait_for_ack(&mut setup, &env).await {
+    let headers = vec![Header::ContentType("application/sdp".into())];
+    let body = Some(setup.answer.clone().into_bytes());
+    let answered_at = Instant::now();
+    let wait = match setup.dialog.accept(Some(headers), body) {
+        Ok(()) => {
+            tracing::info!("answered: 200 OK; waiting for the ACK");
+            wait_for_ack(&mut setup, &env, answered_at).await
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot send 200 OK: giving the call up");
+            AckWait::NotAnswered(err.to_string())
+        }
+    };
+    match wait {
         AckWait::Confirmed => {
-            let (core, io) = start_call(setup, &env);
+            let (core, io) = start_call(setup, &env, answered_at);
             let started_at = core.now();
             core.drive(io, started_at).await;
         }
-        unconfirmed => never_connected(setup, &env, unconfirmed).await,
+        unconfirmed => never_connected(setup, &env, unconfirmed, answered_at).await,
     }
 }
 
-/// Records the call as started (it is answered), before anything else is written for it.
+/// Records the call as started, before it is answered and before anything else is
+/// written for it.
 async fn record_start(setup: &CallSetup, store: &Store) {
     let new_call = NewCall {
         call_id: setup.call_id.clone(),
@@ -132,12 +145,14 @@ enum AckWait {
     Terminated(TerminatedReason),
     /// The server is stopping.
     Shutdown,
+    /// The 200 OK could not be sent.
+    NotAnswered(String),
 }
 
 /// Waits for the ACK of the 200 OK. RTP that arrives meanwhile is read and dropped: the
 /// session has not started and nothing is sent.
-async fn wait_for_ack(setup: &mut CallSetup, env: &SipEnv) -> AckWait {
-    let deadline = setup.answered_at + setup.ack_timeout;
+async fn wait_for_ack(setup: &mut CallSetup, env: &SipEnv, answered_at: Instant) -> AckWait {
+    let deadline = answered_at + setup.ack_timeout;
     let hard_stop = env.call.live.hard_stop.clone();
     let mut buf = [0u8; 2048];
     let mut early_packets = 0u64;
@@ -160,7 +175,7 @@ async fn wait_for_ack(setup: &mut CallSetup, env: &SipEnv) -> AckWait {
             }
         }
     };
-    let waited_ms = setup.answered_at.elapsed().as_millis();
+    let waited_ms = answered_at.elapsed().as_millis();
     if early_packets > 0 {
         tracing::debug!(early_packets, "RTP before the ACK dropped");
     }
@@ -175,17 +190,17 @@ async fn wait_for_ack(setup: &mut CallSetup, env: &SipEnv) -> AckWait {
             tracing::info!(waited_ms, ?reason, "the dialog ended before the ACK")
         }
         AckWait::Shutdown => tracing::warn!(waited_ms, "server shutting down before the ACK"),
+        AckWait::NotAnswered(_) => {}
     }
     result
 }
 
 /// A call whose dialog was never confirmed: the bot said nothing, so it is nobody's
 /// decision — `no_response`, never do-not-call. Hangs up where the dialog still stands.
-async fn never_connected(setup: CallSetup, env: &SipEnv, why: AckWait) {
+async fn never_connected(setup: CallSetup, env: &SipEnv, why: AckWait, answered_at: Instant) {
     let CallSetup {
         call_id,
         dialog,
-        answered_at,
         ack_timeout,
         ..
     } = setup;
@@ -206,6 +221,7 @@ async fn never_connected(setup: CallSetup, env: &SipEnv, why: AckWait) {
         AckWait::Terminated(TerminatedReason::UacCancel) => "callee_cancel_before_ack".to_string(),
         AckWait::Terminated(other) => format!("{other:?} before the ACK"),
         AckWait::Shutdown => "shutdown_before_ack".to_string(),
+        AckWait::NotAnswered(err) => format!("answer_failed: {err}"),
         AckWait::Confirmed => "confirmed".to_string(),
     };
     let detail = if bye_needed {
@@ -253,7 +269,7 @@ async fn never_connected(setup: CallSetup, env: &SipEnv, why: AckWait) {
 }
 
 /// Sets up both halves of a confirmed call; call time 0 is the ACK.
-fn start_call(setup: CallSetup, env: &SipEnv) -> (CallCore, RtpIo) {
+fn start_call(setup: CallSetup, env: &SipEnv, answered_at: Instant) -> (CallCore, RtpIo) {
     let CallSetup {
         call_id,
         sip_call_id,
@@ -263,7 +279,6 @@ fn start_call(setup: CallSetup, env: &SipEnv) -> (CallCore, RtpIo) {
         rtp,
         latch,
         answer,
-        answered_at,
         ..
     } = setup;
     let core = CallCore::new(

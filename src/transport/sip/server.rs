@@ -10,8 +10,9 @@
 //! - an offer without PCMU/8000, or whose `c=` address is neither the INVITE's source nor
 //!   in `--allow-media-net` ([`super::media`]): `488 Not Acceptable Here` with a Warning.
 //!
-//! Otherwise the bot opens an RTP socket, answers `180` and `200` with its SDP, and the
-//! call runs in its own task ([`super::call`]), which starts talking at the ACK. In-dialog
+//! Otherwise the bot opens an RTP socket and answers `180`; the call then runs in its own
+//! task ([`super::call`]), which records it, answers `200` with the bot's SDP and starts
+//! talking at the ACK. In-dialog
 //! requests (ACK, BYE, re-INVITE, INFO) go to their dialog, OPTIONS is answered 200, other
 //! requests outside a dialog 405 (481 for BYE). rsipstack drops datagrams that do not
 //! parse as SIP.
@@ -35,7 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -553,14 +553,7 @@ async fn answer_invite(
         if let Err(err) = dialog.ringing(None, None) {
             tracing::warn!(%err, "cannot send 180 Ringing");
         }
-        let headers = vec![Header::ContentType("application/sdp".into())];
-        if let Err(err) = dialog.accept(Some(headers), Some(answer.clone().into_bytes())) {
-            tracing::warn!(%err, "cannot send 200 OK: giving the call up");
-            env.dialogs.remove_dialog(&dialog.id());
-            return;
-        }
-        let answered_at = Instant::now();
-        tracing::info!(remote_rtp = %offer.rtp, %local_rtp, rtp_from = %latch.describe(), "answered: 200 OK; waiting for the ACK");
+        tracing::info!(remote_rtp = %offer.rtp, %local_rtp, rtp_from = %latch.describe(), "accepting the call");
         let setup = CallSetup {
             call_id,
             sip_call_id,
@@ -571,7 +564,6 @@ async fn answer_invite(
             rtp,
             latch,
             answer,
-            answered_at,
             ack_timeout: config.ack_timeout,
         };
         call::run(setup, env, slot).await;
