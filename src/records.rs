@@ -68,6 +68,7 @@ pub fn run_dnc(store: &Store, cmd: DncCommand, out: &mut dyn Write) -> anyhow::R
     match cmd {
         DncCommand::List { json } => {
             let entries = store.list_dnc()?;
+            let pending = store.pending_dnc()?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &entries)?;
                 writeln!(out)?;
@@ -86,6 +87,19 @@ pub fn run_dnc(store: &Store, cmd: DncCommand, out: &mut dyn Write) -> anyhow::R
                 }
                 writeln!(out, "{table}")?;
                 writeln!(out, "{} number(s) on the do-not-call list.", entries.len())?;
+                if !pending.is_empty() {
+                    let numbers: Vec<&str> = pending.iter().map(|e| e.number.as_str()).collect();
+                    writeln!(
+                        out,
+                        "{} of them not yet in the database ({}): kept in the do-not-call journal{}, written as soon as the database takes them.",
+                        pending.len(),
+                        numbers.join(", "),
+                        store
+                            .journal_path()
+                            .map(|p| format!(" at {}", p.display()))
+                            .unwrap_or_default()
+                    )?;
+                }
             }
         }
         DncCommand::Add { number, reason } => {
@@ -150,7 +164,7 @@ pub fn run_calls(store: &Store, cmd: CallsCommand, out: &mut dyn Write) -> anyho
                         short_time(&call.started_at),
                         call.duration_ms.map(duration).unwrap_or_default(),
                         outcome_text(call),
-                        if call.do_not_call { "yes" } else { "" }.to_string(),
+                        dnc_text(call, "yes", ""),
                     ]);
                 }
                 writeln!(out, "{table}")?;
@@ -189,10 +203,7 @@ pub fn run_calls(store: &Store, cmd: CallsCommand, out: &mut dyn Write) -> anyho
                     call.duration_ms.map(duration).unwrap_or_else(none),
                 ),
                 ("outcome", outcome_text(&call)),
-                (
-                    "do-not-call",
-                    if call.do_not_call { "yes" } else { "no" }.into(),
-                ),
+                ("do-not-call", dnc_text(&call, "yes", "no")),
             ];
             for (name, value) in fields {
                 writeln!(out, "{name:<12}{value}")?;
@@ -261,12 +272,26 @@ fn new_table() -> Table {
 }
 
 fn outcome_text(call: &CallRow) -> String {
-    match (&call.outcome, &call.ended_at) {
-        (Some(outcome), _) => outcome.clone(),
-        (None, None) => "(in progress)".to_string(),
+    match (&call.outcome, &call.ended_at, call.dial_status.as_deref()) {
+        (Some(outcome), _, _) => outcome.clone(),
+        (None, None, Some("dialing")) => "(dialing: result unknown)".to_string(),
+        (None, _, Some("refused")) => "(not placed)".to_string(),
+        (None, _, Some("not_placed")) => "(never reached Twilio)".to_string(),
+        (None, _, Some("merged")) => "(recorded twice; see the other record)".to_string(),
+        (None, None, _) => "(in progress)".to_string(),
         // Closed at start-up after the bot stopped mid-call (`close_interrupted_calls`).
-        (None, Some(_)) => "(interrupted)".to_string(),
+        (None, Some(_), _) => "(interrupted)".to_string(),
     }
+}
+
+/// The do-not-call column: `-` for a call with no number (nothing could be listed).
+fn dnc_text(call: &CallRow, yes: &str, no: &str) -> String {
+    match (&call.to_number, call.do_not_call) {
+        (None, _) => "-",
+        (Some(_), true) => yes,
+        (Some(_), false) => no,
+    }
+    .to_string()
 }
 
 /// `2026-01-02T03:04:05.678Z` → `2026-01-02 03:04:05Z`.
