@@ -16,7 +16,7 @@ use renewal_bot::dialog::Script;
 use renewal_bot::eval::{self, EvalOptions, manifest::Manifest, simulate::Transcribe};
 use renewal_bot::records::{self, CallsCommand, DncCommand};
 use renewal_bot::session::SessionConfig;
-use renewal_bot::store::{IfMissing, OpenOptions, Store};
+use renewal_bot::store::{IfMissing, OpenOptions, Store, StoreError, default_journal_path};
 
 /// An outbound phone bot for service-expiry calls: 李明 of 长江公司 tells 张强 of 泰山公司
 /// that his cloud service expires on 2025-01-01, learns whether he renews or cancels,
@@ -200,14 +200,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Dnc(command) => {
-            // Adding to the list may start it; reading or removing needs the real one.
-            let if_missing = match command {
-                DncCommand::Add { .. } => IfMissing::Create,
-                DncCommand::List { .. } | DncCommand::Remove { .. } => IfMissing::Refuse,
+        Command::Dnc(DncCommand::Add { number, reason }) => {
+            // Adding to the list may start it; and when the database cannot even be
+            // opened (a full disk), the entry still goes into the journal.
+            let store = match db.open_store(IfMissing::Create) {
+                Ok(store) => store,
+                Err(err) => {
+                    let journal = db
+                        .journal
+                        .clone()
+                        .unwrap_or_else(|| default_journal_path(&db.path));
+                    return Err(records::add_dnc_to_journal_only(
+                        &journal, &number, &reason, err,
+                    ));
+                }
             };
             records::run_dnc(
-                &db.open(if_missing)?,
+                &store,
+                DncCommand::Add { number, reason },
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dnc(command) => {
+            // Reading or removing needs the real list.
+            records::run_dnc(
+                &db.open(IfMissing::Refuse)?,
                 command,
                 &mut std::io::stdout().lock(),
             )?;
@@ -291,6 +309,10 @@ struct DbArgs {
 impl DbArgs {
     /// Opens the database; a new one is announced on stderr.
     fn open(&self, if_missing: IfMissing) -> anyhow::Result<Store> {
+        Ok(self.open_store(if_missing)?)
+    }
+
+    fn open_store(&self, if_missing: IfMissing) -> Result<Store, StoreError> {
         let store = Store::open_with(
             &self.path,
             &OpenOptions {

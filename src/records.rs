@@ -2,12 +2,13 @@
 //! The main binary parses these with clap and hands them to [`run_dnc`] / [`run_calls`].
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use comfy_table::{ContentArrangement, Table, presets};
 
-use crate::store::{CallRow, Store, normalize_number};
+use crate::store::journal::DncJournal;
+use crate::store::{CallRow, DncEntry, Store, StoreError, normalize_number};
 
 /// Where the database lives unless `--db PATH` says otherwise (relative to the current
 /// directory).
@@ -133,6 +134,45 @@ pub fn run_dnc(store: &Store, cmd: DncCommand, out: &mut dyn Write) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// `dnc add` when the database cannot be opened (a full disk: SQLite cannot even create
+/// its WAL index): the entry goes into the do-not-call journal, which every command reads
+/// and the next store that opens writes into the database. Returns the error to report.
+pub fn add_dnc_to_journal_only(
+    journal: &Path,
+    number: &str,
+    reason: &str,
+    open_error: StoreError,
+) -> anyhow::Error {
+    let normalized = match normalize_number(number) {
+        Ok(normalized) => normalized,
+        Err(err) => return err.into(),
+    };
+    // Another program's file, a newer schema, a corrupt file: nothing to journal for, the
+    // operator has the wrong path.
+    if matches!(
+        open_error,
+        StoreError::Foreign { .. } | StoreError::TooNew { .. } | StoreError::Corrupt { .. }
+    ) {
+        return open_error.into();
+    }
+    let entry = DncEntry {
+        number: normalized.clone(),
+        reason: reason.to_string(),
+        source_call_id: None,
+        added_at: crate::store::now_rfc3339(),
+    };
+    match DncJournal::new(journal.to_path_buf()).append(&entry) {
+        Ok(()) => anyhow::anyhow!(
+            "{open_error}; {normalized} is kept in the do-not-call journal at {}, counts as on the list for every renewal-bot command, and is written to the database the next time it opens",
+            journal.display()
+        ),
+        Err(err) => anyhow::anyhow!(
+            "{open_error}; nor can the do-not-call journal at {} be written ({err}): {normalized} is NOT on the list — free space and add it again",
+            journal.display()
+        ),
+    }
 }
 
 /// Run a `calls` command against `store`, printing to `out`.

@@ -403,6 +403,11 @@ pub fn normalize_number(input: &str) -> Result<String, StoreError> {
     Ok(out)
 }
 
+/// Now, as the store writes times (RFC 3339 UTC with milliseconds).
+pub fn now_rfc3339() -> String {
+    now_text()
+}
+
 /// Now, in the stored time format.
 fn now_text() -> String {
     // Formatting the current time cannot fail (the year is within 0..=9999).

@@ -690,6 +690,8 @@ pub enum CreateMode {
     CreateThenAnswer(u16, String),
     /// Creates the call and never answers (the dialer is killed while it waits).
     CreateThenHang,
+    /// Like [`CreateMode::CreateThenHang`] for calls to this number; answers the others.
+    CreateThenHangFor(String),
 }
 
 #[derive(Clone)]
@@ -887,7 +889,13 @@ async fn fake_create(
         .lock()
         .map(|m| m.clone())
         .unwrap_or(CreateMode::Answer);
-    let makes_call = !matches!(mode, CreateMode::Answer) || (200..300).contains(&answer.0);
+    let makes_call = match &mode {
+        CreateMode::Answer => (200..300).contains(&answer.0),
+        CreateMode::CreateThenHangFor(to) if !form_has(&body, "To", to) => {
+            (200..300).contains(&answer.0)
+        }
+        _ => true,
+    };
     if makes_call {
         let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
         let field = |key: &str| {
@@ -920,10 +928,25 @@ async fn fake_create(
         }
     }
     match mode {
+        CreateMode::CreateThenHangFor(to) if !form_has(&body, "To", &to) => reply(&answer),
+        CreateMode::Answer | CreateMode::CreateThenHangFor(_)
+            if !(200..300).contains(&answer.0) =>
+        {
+            reply(&answer)
+        }
         CreateMode::Answer => reply(&answer),
         CreateMode::CreateThenAnswer(code, body) => reply(&(code, body)),
-        CreateMode::CreateThenHang => std::future::pending().await,
+        CreateMode::CreateThenHang | CreateMode::CreateThenHangFor(_) => {
+            std::future::pending().await
+        }
     }
+}
+
+fn form_has(body: &Bytes, key: &str, value: &str) -> bool {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .unwrap_or_default()
+        .iter()
+        .any(|(k, v)| k == key && v == value)
 }
 
 /// `GET /2010-04-01/Accounts/{sid}/Calls.json`: the account's calls, most recent first,
