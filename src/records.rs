@@ -1,5 +1,7 @@
 //! The people-facing `dnc` and `calls` commands: look at and edit what the bot stored.
-//! The main binary parses these with clap and hands them to [`run_dnc`] / [`run_calls`].
+//! The main binary parses these with clap and hands them to [`run_dnc`] / [`run_calls`];
+//! when the database cannot even be opened (a full disk), `dnc add` still keeps the number
+//! in the do-not-call journal ([`add_dnc_to_journal_only`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! The command line as people and scripts use it: help, clear errors on bad input, the
 //! do-not-call list and call records across runs.
 
+mod fault_support;
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -444,4 +447,23 @@ fn errors_say_each_thing_once_and_never_dump_sql() {
         !message.contains("CREATE TABLE") && !message.contains("-- renewal-bot schema"),
         "{message}"
     );
+}
+
+/// Defect 10: an invalid `To` at `/twiml` used to be logged as "on the do-not-call list".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_an_invalid_to_as_invalid_not_as_do_not_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.sqlite");
+    let server = fault_support::Server::start(&db, None);
+    let xml = server
+        .twiml_xml("CAcli0000000000000000000000000001", "client:alice")
+        .await;
+    assert!(xml.contains("<Hangup"), "{xml}");
+    let log = server.proc.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("client:alice"))
+        .unwrap_or_else(|| panic!("nothing logged about the To:\n{log}"));
+    assert!(line.contains("not a valid phone number"), "{line}");
+    assert!(!log.contains("on the do-not-call list"), "{log}");
 }
