@@ -1,10 +1,12 @@
 //! Campaigns: `renewal-bot campaign numbers.csv` places the expiry call to every number of
-//! a list through Twilio, a few at a time. Right before each dial the number is checked
-//! against the do-not-call list and the calls already made: a callee who was reached has
-//! been told (every outcome ends follow-up for this notice), and one who never answered is
-//! tried again only up to a limit.
+//! a list through Twilio, a few at a time. Right before each dial, an earlier dial to the
+//! number whose result is unknown (a crash mid-request) is reconciled with Twilio's call
+//! list (a number Twilio cannot tell about is left alone), and the number is checked
+//! against the store's health, the do-not-call list and the calls already made: a callee
+//! who was reached has been told (every outcome ends follow-up for this notice), and one
+//! who never answered is tried again only up to a limit.
 
-use crate::dialer::{DialSettings, PlacedCall, e164, place_call};
+use crate::dialer::{DialSettings, Dialer, PlacedCall, e164};
 use crate::store::{CallRow, Store};
 use anyhow::Context;
 use futures_util::stream::{self, StreamExt};
@@ -122,6 +124,9 @@ pub fn read_numbers(path: &Path) -> anyhow::Result<Vec<ListedNumber>> {
 
 /// Whether `number` may be dialled now, judged from the store: `Err` says why not.
 pub fn may_call(store: &Store, number: &str, max_attempts: u16) -> Result<(), String> {
+    if let Some(problem) = store.health().problem {
+        return Err(format!("not dialled: {problem}"));
+    }
     if let Some(entry) = store
         .get_dnc(number)
         .map_err(|e| format!("cannot check the do-not-call list: {e}"))?
@@ -141,16 +146,34 @@ pub fn may_call(store: &Store, number: &str, max_attempts: u16) -> Result<(), St
             reached.outcome.as_deref().unwrap_or("not recorded")
         ));
     }
+    if let Some(unknown) = calls
+        .iter()
+        .find(|c| c.dial_status.as_deref() == Some("dialing"))
+    {
+        return Err(format!(
+            "an earlier dial ({}, {}) has an unknown result; not dialled until it is reconciled with Twilio's call list",
+            unknown.call_id, unknown.started_at
+        ));
+    }
     if let Some(live) = calls
         .iter()
         .find(|c| c.outcome.is_none() && c.ended_at.is_none())
     {
         return Err(format!("a call to it is in progress ({})", live.call_id));
     }
-    if calls.len() >= usize::from(max_attempts) {
+    // Dials Twilio refused, or that never reached it, or were recorded twice, rang no one.
+    let rang = calls
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c.dial_status.as_deref(),
+                Some("refused" | "not_placed" | "merged")
+            )
+        })
+        .count();
+    if rang >= usize::from(max_attempts) {
         return Err(format!(
-            "{} earlier calls went unanswered (--max-attempts {max_attempts})",
-            calls.len()
+            "{rang} earlier calls went unanswered (--max-attempts {max_attempts})"
         ));
     }
     Ok(())
@@ -212,13 +235,28 @@ pub async fn run_campaign(
     Ok(all)
 }
 
-/// Checks, dials and waits for the end of one call.
+/// Reconciles earlier dials whose result is unknown, checks, dials and waits for the end
+/// of one call.
 async fn settle(
     flags: &CampaignFlags,
     store: &Store,
     number: &str,
     wait_limit: Duration,
 ) -> Disposition {
+    let dialer = if flags.dry_run {
+        None
+    } else {
+        match Dialer::new(&flags.call.for_number(number)) {
+            Ok(dialer) => Some(dialer),
+            Err(err) => return Disposition::Failed(format!("{err:#}")),
+        }
+    };
+    if let Some(dialer) = &dialer
+        && let Err(reason) = dialer.reconcile(store, number).await
+    {
+        tracing::warn!(%reason, "left alone");
+        return Disposition::Skipped(reason);
+    }
     let verdict = {
         let (store, number, attempts) = (store.clone(), number.to_string(), flags.max_attempts);
         tokio::task::spawn_blocking(move || may_call(&store, &number, attempts))
@@ -228,10 +266,10 @@ async fn settle(
     if let Err(reason) = verdict {
         return Disposition::Skipped(reason);
     }
-    if flags.dry_run {
+    let Some(dialer) = dialer else {
         return Disposition::WouldCall;
-    }
-    let call = match place_call(flags.call.for_number(number), store).await {
+    };
+    let call = match dialer.dial(store, number).await {
         Ok(call) => call,
         Err(err) => return Disposition::Failed(format!("{err:#}")),
     };

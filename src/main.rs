@@ -20,7 +20,7 @@ use renewal_bot::eval::{
 };
 use renewal_bot::records::{self, CallsCommand, DncCommand};
 use renewal_bot::session::SessionConfig;
-use renewal_bot::store::Store;
+use renewal_bot::store::{IfMissing, OpenOptions, Store, StoreError, default_journal_path};
 
 /// An outbound phone bot for service-expiry calls: 李明 of 长江公司 tells 张强 of 泰山公司
 /// that his cloud service expires on 2025-01-01, learns whether he renews or cancels,
@@ -31,9 +31,16 @@ use renewal_bot::store::Store;
 #[derive(Parser)]
 #[command(name = "renewal-bot", version, propagate_version = true)]
 struct Cli {
-    /// SQLite database with calls, turns and the do-not-call list.
+    /// SQLite database with calls, turns and the do-not-call list. Only `serve`, `sip` and
+    /// `dnc add` create it when it does not exist; every other command refuses.
     #[arg(long, global = true, env = "RENEWAL_BOT_DB", default_value_os_t = records::default_db_path())]
     db: PathBuf,
+    /// Where do-not-call requests the database cannot take (full disk) are kept, fsync'd,
+    /// until they land; every command reads it. Default: next to the database
+    /// (`DB.dnc-journal`); put it on another filesystem so a full database disk cannot stop
+    /// it too.
+    #[arg(long, global = true, env = "RENEWAL_BOT_DNC_JOURNAL")]
+    dnc_journal: Option<PathBuf>,
     /// Whisper model in ggml form (get it with `models/fetch`).
     #[arg(long, global = true, env = "RENEWAL_BOT_MODEL", default_value_os_t = AsrConfig::default_model_path())]
     model: PathBuf,
@@ -141,33 +148,60 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, each said once: a cause whose text the message already holds
+/// is not repeated ("X: X").
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let db = DbArgs {
+        path: cli.db.clone(),
+        journal: cli.dnc_journal.clone(),
+    };
     match cli.command {
         Command::Eval(args) => run_eval(&cli.model, args),
         Command::Serve(args) => {
-            let shared = shared_deps(&cli.db, &cli.model, args.script_dir.as_deref())?;
+            let store = db.open_for_server()?;
+            let _instance = store.start_instance("serve", true);
+            let shared = shared_deps(store, &cli.model, args.script_dir.as_deref())?;
             runtime()?.block_on(renewal_bot::transport::twilio::server::serve(args, shared))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sip(args) => {
-            let shared = shared_deps(&cli.db, &cli.model, args.script_dir.as_deref())?;
+            let store = db.open_for_server()?;
+            let _instance = store.start_instance("sip", true);
+            let shared = shared_deps(store, &cli.model, args.script_dir.as_deref())?;
             runtime()?.block_on(renewal_bot::transport::sip::serve(args, shared))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Call(args) => {
-            let store = open_store(&cli.db)?;
+            let store = db.open(IfMissing::Refuse)?;
+            let _instance = store.start_instance("call", false);
             let call = runtime()?.block_on(renewal_bot::dialer::place_call(args.into(), &store))?;
             println!("{}", call.call_sid);
             Ok(ExitCode::SUCCESS)
         }
         Command::Campaign(flags) => {
-            let store = open_store(&cli.db)?;
+            let store = db.open(IfMissing::Refuse)?;
+            let _instance = store.start_instance("campaign", false);
             let mut out = std::io::stdout();
             let all = runtime()?.block_on(renewal_bot::campaign::run_campaign(
                 &flags, &store, &mut out,
@@ -181,9 +215,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Dnc(command) => {
+        Command::Dnc(DncCommand::Add { number, reason }) => {
+            // Adding to the list may start it; and when the database cannot even be
+            // opened (a full disk), the entry still goes into the journal.
+            let store = match db.open_store(IfMissing::Create) {
+                Ok(store) => store,
+                Err(err) => {
+                    let journal = db
+                        .journal
+                        .clone()
+                        .unwrap_or_else(|| default_journal_path(&db.path));
+                    return Err(records::add_dnc_to_journal_only(
+                        &journal, &number, &reason, err,
+                    ));
+                }
+            };
             records::run_dnc(
-                &open_store(&cli.db)?,
+                &store,
+                DncCommand::Add { number, reason },
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dnc(command) => {
+            // Reading or removing needs the real list.
+            records::run_dnc(
+                &db.open(IfMissing::Refuse)?,
                 command,
                 &mut std::io::stdout().lock(),
             )?;
@@ -191,7 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Calls(command) => {
             records::run_calls(
-                &open_store(&cli.db)?,
+                &db.open(IfMissing::Refuse)?,
                 command,
                 &mut std::io::stdout().lock(),
             )?;
@@ -269,14 +326,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The database the command line names, and its do-not-call journal.
+struct DbArgs {
+    path: PathBuf,
+    journal: Option<PathBuf>,
+}
+
+impl DbArgs {
+    /// Opens the database; a new one is announced on stderr.
+    fn open(&self, if_missing: IfMissing) -> anyhow::Result<Store> {
+        Ok(self.open_store(if_missing)?)
+    }
+
+    fn open_store(&self, if_missing: IfMissing) -> Result<Store, StoreError> {
+        let store = Store::open_with(
+            &self.path,
+            &OpenOptions {
+                if_missing,
+                dnc_journal: self.journal.clone(),
+            },
+        )?;
+        if store.created() {
+            eprintln!("created new database at {}", self.path.display());
+        }
+        Ok(store)
+    }
+
+    /// `serve` and `sip`: may create the database, and refuse one that fails SQLite's
+    /// quick_check.
+    fn open_for_server(&self) -> anyhow::Result<Store> {
+        let store = self.open(IfMissing::Create)?;
+        store.quick_check()?;
+        Ok(store)
+    }
+}
+
 /// What every live call of `serve` or `sip` shares: the store and one recognizer pool
 /// set up for the script's rules.
 fn shared_deps(
-    db: &Path,
+    store: Store,
     model: &Path,
     script_dir: Option<&Path>,
 ) -> anyhow::Result<renewal_bot::transport::SharedDeps> {
-    let store = open_store(db)?;
     let script_dir = script_dir.map_or_else(Script::default_dir, Path::to_path_buf);
     let recognizer = start_recognizer(model, &load_script(&script_dir)?)?;
     Ok(renewal_bot::transport::SharedDeps {
@@ -291,10 +382,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-fn open_store(path: &Path) -> anyhow::Result<Store> {
-    Ok(Store::open(path)?)
 }
 
 fn load_script(dir: &Path) -> anyhow::Result<Arc<Script>> {

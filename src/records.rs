@@ -1,13 +1,16 @@
 //! The people-facing `dnc` and `calls` commands: look at and edit what the bot stored.
-//! The main binary parses these with clap and hands them to [`run_dnc`] / [`run_calls`].
+//! The main binary parses these with clap and hands them to [`run_dnc`] / [`run_calls`];
+//! when the database cannot even be opened (a full disk), `dnc add` still keeps the number
+//! in the do-not-call journal ([`add_dnc_to_journal_only`]).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use comfy_table::{ContentArrangement, Table, presets};
 
-use crate::store::{CallRow, Store, normalize_number};
+use crate::store::journal::DncJournal;
+use crate::store::{CallRow, DncEntry, Store, StoreError, normalize_number};
 
 /// Where the database lives unless `--db PATH` says otherwise (relative to the current
 /// directory).
@@ -68,6 +71,7 @@ pub fn run_dnc(store: &Store, cmd: DncCommand, out: &mut dyn Write) -> anyhow::R
     match cmd {
         DncCommand::List { json } => {
             let entries = store.list_dnc()?;
+            let pending = store.pending_dnc()?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &entries)?;
                 writeln!(out)?;
@@ -86,6 +90,19 @@ pub fn run_dnc(store: &Store, cmd: DncCommand, out: &mut dyn Write) -> anyhow::R
                 }
                 writeln!(out, "{table}")?;
                 writeln!(out, "{} number(s) on the do-not-call list.", entries.len())?;
+                if !pending.is_empty() {
+                    let numbers: Vec<&str> = pending.iter().map(|e| e.number.as_str()).collect();
+                    writeln!(
+                        out,
+                        "{} of them not yet in the database ({}): kept in the do-not-call journal{}, written as soon as the database takes them.",
+                        pending.len(),
+                        numbers.join(", "),
+                        store
+                            .journal_path()
+                            .map(|p| format!(" at {}", p.display()))
+                            .unwrap_or_default()
+                    )?;
+                }
             }
         }
         DncCommand::Add { number, reason } => {
@@ -121,6 +138,45 @@ pub fn run_dnc(store: &Store, cmd: DncCommand, out: &mut dyn Write) -> anyhow::R
     Ok(())
 }
 
+/// `dnc add` when the database cannot be opened (a full disk: SQLite cannot even create
+/// its WAL index): the entry goes into the do-not-call journal, which every command reads
+/// and the next store that opens writes into the database. Returns the error to report.
+pub fn add_dnc_to_journal_only(
+    journal: &Path,
+    number: &str,
+    reason: &str,
+    open_error: StoreError,
+) -> anyhow::Error {
+    let normalized = match normalize_number(number) {
+        Ok(normalized) => normalized,
+        Err(err) => return err.into(),
+    };
+    // Another program's file, a newer schema, a corrupt file: nothing to journal for, the
+    // operator has the wrong path.
+    if matches!(
+        open_error,
+        StoreError::Foreign { .. } | StoreError::TooNew { .. } | StoreError::Corrupt { .. }
+    ) {
+        return open_error.into();
+    }
+    let entry = DncEntry {
+        number: normalized.clone(),
+        reason: reason.to_string(),
+        source_call_id: None,
+        added_at: crate::store::now_rfc3339(),
+    };
+    match DncJournal::new(journal.to_path_buf()).append(&entry) {
+        Ok(()) => anyhow::anyhow!(
+            "{open_error}; {normalized} is kept in the do-not-call journal at {}, counts as on the list for every renewal-bot command, and is written to the database the next time it opens",
+            journal.display()
+        ),
+        Err(err) => anyhow::anyhow!(
+            "{open_error}; nor can the do-not-call journal at {} be written ({err}): {normalized} is NOT on the list — free space and add it again",
+            journal.display()
+        ),
+    }
+}
+
 /// Run a `calls` command against `store`, printing to `out`.
 pub fn run_calls(store: &Store, cmd: CallsCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
@@ -150,7 +206,7 @@ pub fn run_calls(store: &Store, cmd: CallsCommand, out: &mut dyn Write) -> anyho
                         short_time(&call.started_at),
                         call.duration_ms.map(duration).unwrap_or_default(),
                         outcome_text(call),
-                        if call.do_not_call { "yes" } else { "" }.to_string(),
+                        dnc_text(call, "yes", ""),
                     ]);
                 }
                 writeln!(out, "{table}")?;
@@ -189,10 +245,7 @@ pub fn run_calls(store: &Store, cmd: CallsCommand, out: &mut dyn Write) -> anyho
                     call.duration_ms.map(duration).unwrap_or_else(none),
                 ),
                 ("outcome", outcome_text(&call)),
-                (
-                    "do-not-call",
-                    if call.do_not_call { "yes" } else { "no" }.into(),
-                ),
+                ("do-not-call", dnc_text(&call, "yes", "no")),
             ];
             for (name, value) in fields {
                 writeln!(out, "{name:<12}{value}")?;
@@ -261,12 +314,26 @@ fn new_table() -> Table {
 }
 
 fn outcome_text(call: &CallRow) -> String {
-    match (&call.outcome, &call.ended_at) {
-        (Some(outcome), _) => outcome.clone(),
-        (None, None) => "(in progress)".to_string(),
+    match (&call.outcome, &call.ended_at, call.dial_status.as_deref()) {
+        (Some(outcome), _, _) => outcome.clone(),
+        (None, None, Some("dialing")) => "(dialing: result unknown)".to_string(),
+        (None, _, Some("refused")) => "(not placed)".to_string(),
+        (None, _, Some("not_placed")) => "(never reached Twilio)".to_string(),
+        (None, _, Some("merged")) => "(recorded twice; see the other record)".to_string(),
+        (None, None, _) => "(in progress)".to_string(),
         // Closed at start-up after the bot stopped mid-call (`close_interrupted_calls`).
-        (None, Some(_)) => "(interrupted)".to_string(),
+        (None, Some(_), _) => "(interrupted)".to_string(),
     }
+}
+
+/// The do-not-call column: `-` for a call with no number (nothing could be listed).
+fn dnc_text(call: &CallRow, yes: &str, no: &str) -> String {
+    match (&call.to_number, call.do_not_call) {
+        (None, _) => "-",
+        (Some(_), true) => yes,
+        (Some(_), false) => no,
+    }
+    .to_string()
 }
 
 /// `2026-01-02T03:04:05.678Z` → `2026-01-02 03:04:05Z`.

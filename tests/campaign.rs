@@ -243,3 +243,186 @@ async fn twilio_errors_are_reported_per_number_and_an_empty_list_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("lists no numbers"), "{err}");
 }
+
+/// Twilio's answer when it failed after all (the call may or may not exist).
+const LOST: &str = r#"{"code": 20500, "message": "An internal server error has occurred", "more_info": "https://www.twilio.com/docs/errors/20500", "status": 503}"#;
+
+fn only(done: &[(renewal_bot::campaign::ListedNumber, Disposition)]) -> &Disposition {
+    assert_eq!(done.len(), 1, "{done:?}");
+    &done[0].1
+}
+
+/// Defect 3: the call row used to be written only after the Calls API answered, so a dial
+/// whose answer was lost was made again on the next run. Now the attempt is recorded
+/// first and reconciled with Twilio's call list: the callee is called once.
+#[tokio::test]
+async fn a_dial_whose_answer_was_lost_is_reconciled_not_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("bot.sqlite")).unwrap();
+    let numbers = dir.path().join("numbers.txt");
+    std::fs::write(&numbers, "+8613800000007\n").unwrap();
+    let rest = FakeRest::start((201, CREATED), (200, "{}")).await;
+    rest.set_create_mode(CreateMode::CreateThenAnswer(503, LOST.into()));
+    let mut out = Vec::new();
+    let done = run_campaign(&flags(&numbers, &rest.base, false), &store, &mut out)
+        .await
+        .unwrap();
+    let printed = String::from_utf8(out).unwrap();
+    assert!(
+        matches!(only(&done), Disposition::Failed(why) if why.contains("may have been placed")),
+        "{printed}"
+    );
+    assert_eq!(rest.creates_to("+8613800000007"), 1);
+    let made = rest.calls();
+    assert_eq!(made.len(), 1, "Twilio made the call");
+    rest.set_status(&made[0].sid, "ringing");
+
+    rest.set_create_mode(CreateMode::Answer);
+    let mut out = Vec::new();
+    let done = run_campaign(&flags(&numbers, &rest.base, false), &store, &mut out)
+        .await
+        .unwrap();
+    let printed = String::from_utf8(out).unwrap();
+    assert_eq!(
+        rest.creates_to("+8613800000007"),
+        1,
+        "dialled twice:\n{printed}"
+    );
+    assert!(
+        matches!(only(&done), Disposition::Skipped(why) if why.contains("in progress")),
+        "{printed}"
+    );
+    assert!(
+        rest.list_requests()
+            .iter()
+            .any(|q| q.contains("To=%2B8613800000007") && q.contains("StartTime%3E=")),
+        "no call-list request: {:?}",
+        rest.list_requests()
+    );
+    let calls = store.calls_to("+8613800000007").unwrap();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].call_sid.as_deref(), Some(made[0].sid.as_str()));
+    assert_eq!(calls[0].dial_status.as_deref(), Some("placed"));
+    let events = store.call_events(&calls[0].call_id).unwrap();
+    assert!(events.iter().any(|e| e.kind == "reconciled"), "{events:?}");
+}
+
+/// A dial whose request never reached Twilio (its list has no such call) is settled as
+/// such, and the number is dialled once.
+#[tokio::test]
+async fn a_dial_that_never_reached_twilio_is_made_once_after_reconciling() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("bot.sqlite")).unwrap();
+    let numbers = dir.path().join("numbers.txt");
+    std::fs::write(&numbers, "+8613800000008\n").unwrap();
+    let rest = FakeRest::start((503, LOST), (200, "{}")).await;
+    run_campaign(&flags(&numbers, &rest.base, false), &store, &mut Vec::new())
+        .await
+        .unwrap();
+    assert!(rest.calls().is_empty(), "Twilio made no call");
+    let first = store.calls_to("+8613800000008").unwrap();
+    assert_eq!(
+        first[0].dial_status.as_deref(),
+        Some("dialing"),
+        "{first:?}"
+    );
+
+    let rest2 = FakeRest::start((201, CREATED), (200, "{}")).await;
+    let server = answer_every_call(store.clone(), Arc::new(AtomicUsize::new(0)));
+    let mut out = Vec::new();
+    let done = run_campaign(&flags(&numbers, &rest2.base, false), &store, &mut out)
+        .await
+        .unwrap();
+    server.abort();
+    let printed = String::from_utf8(out).unwrap();
+    assert!(
+        matches!(only(&done), Disposition::Called { .. }),
+        "{printed}"
+    );
+    assert_eq!(rest2.creates_to("+8613800000008"), 1);
+    let settled = store.get_call(&first[0].call_id).unwrap().unwrap();
+    assert_eq!(settled.dial_status.as_deref(), Some("not_placed"));
+    assert!(settled.ended_at.is_some());
+}
+
+/// When Twilio cannot say whether an earlier dial made a call, the number is left alone
+/// and the reason reported: never a blind redial.
+#[tokio::test]
+async fn a_number_whose_earlier_dial_twilio_cannot_tell_about_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("bot.sqlite")).unwrap();
+    let numbers = dir.path().join("numbers.txt");
+    std::fs::write(&numbers, "+8613800000009\n").unwrap();
+    let rest = FakeRest::start((201, CREATED), (200, "{}")).await;
+    rest.set_create_mode(CreateMode::CreateThenAnswer(503, LOST.into()));
+    run_campaign(&flags(&numbers, &rest.base, false), &store, &mut Vec::new())
+        .await
+        .unwrap();
+    rest.set_create_mode(CreateMode::Answer);
+    rest.fail_lists(Some((500, LOST)));
+    let mut out = Vec::new();
+    let done = run_campaign(&flags(&numbers, &rest.base, false), &store, &mut out)
+        .await
+        .unwrap();
+    let printed = String::from_utf8(out).unwrap();
+    assert_eq!(
+        rest.creates_to("+8613800000009"),
+        1,
+        "dialled again:\n{printed}"
+    );
+    assert!(
+        matches!(only(&done), Disposition::Skipped(why)
+            if why.contains("unknown result") && why.contains("call list cannot be read")),
+        "{printed}"
+    );
+    let calls = store.calls_to("+8613800000009").unwrap();
+    assert_eq!(calls[0].dial_status.as_deref(), Some("dialing"));
+}
+
+/// Defect 1: while a do-not-call request waits for the database (here: another process
+/// holds the write lock longer than the busy timeout), no one is dialled, and the waiting
+/// number counts as on the list once the rest may be dialled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_dial_while_a_do_not_call_request_waits_for_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bot.sqlite");
+    let store = Store::open(&db).unwrap();
+    let numbers = dir.path().join("numbers.txt");
+    std::fs::write(&numbers, "+8613800000010\n+8613800000011\n").unwrap();
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.add_dnc("+8613800000011", "别再打了", None))
+            .await
+            .unwrap()
+            .unwrap_err()
+    };
+    assert!(err.to_string().contains("journal"), "{err}");
+
+    let rest = FakeRest::start((201, CREATED), (200, "{}")).await;
+    let mut out = Vec::new();
+    let done = run_campaign(&flags(&numbers, &rest.base, false), &store, &mut out)
+        .await
+        .unwrap();
+    let printed = String::from_utf8(out).unwrap();
+    assert!(rest.requests().is_empty(), "dialled:\n{printed}");
+    assert!(
+        done.iter().all(
+            |(_, d)| matches!(d, Disposition::Skipped(why) if why.contains("do-not-call request"))
+        ),
+        "{printed}"
+    );
+
+    blocker.execute_batch("COMMIT").unwrap();
+    assert_eq!(store.retry_pending(), 0);
+    let server = answer_every_call(store.clone(), Arc::new(AtomicUsize::new(0)));
+    let mut out = Vec::new();
+    run_campaign(&flags(&numbers, &rest.base, false), &store, &mut out)
+        .await
+        .unwrap();
+    server.abort();
+    let printed = String::from_utf8(out).unwrap();
+    assert_eq!(rest.creates_to("+8613800000010"), 1, "{printed}");
+    assert_eq!(rest.creates_to("+8613800000011"), 0, "{printed}");
+}

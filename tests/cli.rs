@@ -1,6 +1,9 @@
 //! The command line as people and scripts use it: help, clear errors on bad input, the
 //! do-not-call list and call records across runs.
 
+mod fault_support;
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -207,4 +210,260 @@ fn serve_closes_the_calls_a_dead_run_left_open() {
     );
     let out = bot(&["calls", "list"], &db);
     assert!(text(&out).contains("(interrupted)"), "{}", text(&out));
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Defect 9: a mistyped `--db` used to create a new, empty database silently, and `call`
+/// then dialled a number that is on the real list. Only `serve`, `sip`, `eval` and
+/// `dnc add` create a database (and say so); the others refuse and say how to create one.
+#[test]
+fn only_serve_sip_and_dnc_add_create_a_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("data/renewal-bto.sqlite");
+    let numbers = dir.path().join("numbers.txt");
+    std::fs::write(&numbers, "+8613800000001\n").expect("write");
+    let dial = [
+        "--from",
+        "+14155550100",
+        "--public-url",
+        "https://bot.example.com",
+        "--twilio-api-base",
+        "http://127.0.0.1:9",
+    ];
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec!["dnc", "list"],
+        vec!["dnc", "remove", "+8613800000001"],
+        vec!["calls", "list"],
+        vec!["calls", "show", "some-call"],
+    ];
+    let mut call = vec!["call", "+8613800000001"];
+    call.extend(dial);
+    commands.push(call);
+    let numbers_arg = numbers.to_str().expect("utf-8");
+    let mut campaign = vec!["campaign", numbers_arg];
+    campaign.extend(dial);
+    commands.push(campaign);
+    for args in &commands {
+        let out = Command::new(env!("CARGO_BIN_EXE_renewal-bot"))
+            .args(args)
+            .arg("--db")
+            .arg(&typo)
+            .env("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000000")
+            .env("TWILIO_AUTH_TOKEN", "token")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("runs");
+        let message = stderr(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {}", text(&out));
+        assert!(
+            message.contains(&format!("there is no database at {}", typo.display()))
+                && message.contains("renewal-bot serve"),
+            "{args:?}: {message}"
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    let out = bot(&["dnc", "add", "+8613800000001"], &typo);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!("created new database at {}", typo.display())),
+        "{}",
+        text(&out)
+    );
+    let out = bot(&["dnc", "list"], &typo);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!stderr(&out).contains("created"), "{}", text(&out));
+}
+
+/// Runs `serve` on `db` until it exits or `limit` passes (then it is killed); its exit
+/// status (`None`: it kept running) and stderr.
+fn serve_briefly(
+    db: &Path,
+    limit: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_renewal-bot"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-skip-signature",
+            "--db",
+        ])
+        .arg(db)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = server.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let output = server.wait_with_output().expect("serve output");
+    (status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Defect 10: `serve` used to start on a database that fails SQLite's quick_check.
+#[test]
+fn serve_refuses_a_database_that_fails_quick_check() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.sqlite");
+    let out = bot(&["dnc", "add", "+8613800000001"], &db);
+    assert!(out.status.success(), "{}", text(&out));
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        let tx = conn.unchecked_transaction().expect("tx");
+        for i in 0..2_000 {
+            tx.execute(
+                "INSERT INTO do_not_call (number, reason, added_at) VALUES (?1, ?2, ?3)",
+                rusqlite::params![
+                    format!("+86139{i:08}"),
+                    "r".repeat(50),
+                    "2026-01-01T00:00:00.000Z"
+                ],
+            )
+            .expect("insert");
+        }
+        tx.commit().expect("commit");
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .expect("checkpoint");
+    }
+    // A torn page in the middle of the file: the cell pointers of a b-tree page.
+    let pages = std::fs::metadata(&db).expect("size").len() / 4096;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .expect("open the file");
+    file.seek(SeekFrom::Start((pages / 2) * 4096 + 8))
+        .expect("seek");
+    file.write_all(&[0xFF; 64]).expect("write");
+    drop(file);
+
+    let (status, message) = serve_briefly(&db, std::time::Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "serve started on a damaged database:\n{message}"
+    );
+    assert!(
+        message.contains("fails SQLite's quick_check")
+            && message.contains(&db.display().to_string()),
+        "{message}"
+    );
+}
+
+/// `serve` creates a database that does not exist, and says so.
+#[test]
+fn serve_says_when_it_creates_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("new/bot.sqlite");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_renewal-bot"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-skip-signature",
+            "--db",
+        ])
+        .arg(&db)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let appeared = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        db.exists()
+    });
+    let _ = server.kill();
+    let output = server.wait_with_output().expect("serve output");
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(appeared, "{message}");
+    assert!(
+        message.contains(&format!("created new database at {}", db.display())),
+        "{message}"
+    );
+}
+
+/// Defect 10: messages used to repeat their cause ("X: X") and dump the migration SQL.
+#[test]
+fn errors_say_each_thing_once_and_never_dump_sql() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.sqlite");
+    let out = bot(&["dnc", "add", "+8613800000009"], &db);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = Command::new(env!("CARGO_BIN_EXE_renewal-bot"))
+        .args([
+            "call",
+            "+8613800000001",
+            "--from",
+            "+14155550100",
+            "--public-url",
+            "https://bot.example.com",
+            "--twilio-api-base",
+            "http://127.0.0.1:9",
+            "--db",
+        ])
+        .arg(&db)
+        .env("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000000")
+        .env("TWILIO_AUTH_TOKEN", "token")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs");
+    let message = stderr(&out);
+    assert!(!out.status.success());
+    assert!(message.contains("cannot reach the Twilio API"), "{message}");
+    let parts: Vec<&str> = message.trim().split(": ").collect();
+    for pair in parts.windows(2) {
+        assert_ne!(pair[0], pair[1], "said twice: {message}");
+    }
+
+    let foreign = dir.path().join("crm.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&foreign).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE calls (id INTEGER PRIMARY KEY); CREATE TABLE notes (t TEXT);",
+        )
+        .expect("create");
+    }
+    let out = bot(&["dnc", "list"], &foreign);
+    let message = stderr(&out);
+    assert!(!out.status.success());
+    assert!(message.contains("another program"), "{message}");
+    assert!(
+        !message.contains("CREATE TABLE") && !message.contains("-- renewal-bot schema"),
+        "{message}"
+    );
+}
+
+/// Defect 10: an invalid `To` at `/twiml` used to be logged as "on the do-not-call list".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_an_invalid_to_as_invalid_not_as_do_not_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bot.sqlite");
+    let server = fault_support::Server::start(&db, None);
+    let xml = server
+        .twiml_xml("CAcli0000000000000000000000000001", "client:alice")
+        .await;
+    assert!(xml.contains("<Hangup"), "{xml}");
+    let log = server.proc.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("client:alice"))
+        .unwrap_or_else(|| panic!("nothing logged about the To:\n{log}"));
+    assert!(line.contains("not a valid phone number"), "{line}");
+    assert!(!log.contains("on the do-not-call list"), "{log}");
 }

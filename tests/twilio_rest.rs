@@ -131,9 +131,13 @@ async fn twilio_errors_come_back_with_code_message_and_link() {
         message.contains("21211") && message.contains("not a valid phone number"),
         "{message}"
     );
+    // Each attempt is recorded before the request; one Twilio refused stays unplaced.
+    let attempts = store.recent_calls(10).unwrap();
     assert!(
-        store.recent_calls(10).unwrap().is_empty(),
-        "failed calls are not recorded as placed"
+        attempts
+            .iter()
+            .all(|c| c.call_sid.is_none() && c.dial_status.as_deref() == Some("refused")),
+        "failed calls are not recorded as placed: {attempts:?}"
     );
 
     // A body that is not Twilio's error JSON still says what came back.

@@ -1,9 +1,9 @@
 //! What every transport's server shares, whatever the phone network: the dependencies of a
 //! call ([`CallDeps`], loaded and checked from `main`'s [`SharedDeps`]), what a server hands
 //! each of its calls (`CallEnv`: those dependencies, the [`CallEvent`] broadcast and the
-//! live-call count with its graceful drain, `LiveCalls`), and the start-up and shutdown
-//! steps of `serve` and `sip` ([`missing_clips`], [`close_interrupted_calls`],
-//! [`shutdown_signal`]).
+//! live-call count with its graceful drain, `LiveCalls`), whether the store lets new calls
+//! in ([`CallDeps::refusing_calls`]), and the start-up and shutdown steps of `serve` and
+//! `sip` ([`missing_clips`], [`close_interrupted_calls`], [`shutdown_signal`]).
 
 use crate::asr::RecognizerPool;
 use crate::audio::clips::ClipLibrary;
@@ -39,6 +39,13 @@ pub struct CallDeps {
 }
 
 impl CallDeps {
+    /// Why no new call may be taken now (the store cannot write do-not-call entries or its
+    /// heartbeat: see [`Store::health`]); `None` when calls are welcome. Blocking but
+    /// cheap (a `stat` of the journal and, only when it has entries, a lookup of each).
+    pub fn refusing_calls(&self) -> Option<String> {
+        self.store.health().problem
+    }
+
     /// Loads the script and the clips, checks that every line the script can say has a
     /// clip, and adds `main`'s shared pieces.
     pub fn load(
@@ -189,22 +196,12 @@ pub fn missing_clips(script: &Script, clips: &ClipLibrary) -> Vec<String> {
     missing
 }
 
-/// No call lasts this long (two minutes of talk plus ringing and the closing line): an
-/// older one still open in the store was cut off when the bot stopped.
-const INTERRUPTED_AFTER: Duration = Duration::from_secs(600);
-
-/// Closes the calls an earlier run left open, so `calls list` tells them from live ones.
-/// A store that cannot do it now is no reason not to take calls: it is logged.
+/// Closes the calls a stopped run left open (whatever their age; the calls of another live
+/// process on the same database stay open), so `calls list` tells them from live ones. The
+/// server's keeper keeps doing it while it runs (see `store::instances`). A store that
+/// cannot do it now is no reason not to take calls: it is logged.
 pub fn close_interrupted_calls(store: &Store) {
-    match store.close_interrupted_calls(INTERRUPTED_AFTER) {
-        Ok(ids) if ids.is_empty() => {}
-        Ok(ids) => tracing::warn!(
-            calls = ids.len(),
-            ids = %ids.join(", "),
-            "closed calls that an earlier run left open (it stopped mid-call); their turns are kept"
-        ),
-        Err(err) => tracing::error!(%err, "cannot close calls an earlier run left open"),
-    }
+    crate::store::instances::log_closed(store.close_interrupted_calls());
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -659,16 +659,56 @@ pub struct RestRequest {
     pub form: Vec<(String, String)>,
 }
 
+/// A call the fake Twilio made, as its call list shows it (the Call resource's fields, times
+/// in RFC 2822 as Twilio writes them).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FakeCall {
+    pub sid: String,
+    pub account_sid: String,
+    pub to: String,
+    pub from: String,
+    /// `queued` when created, then `ringing`, `in-progress`, `completed`, ...
+    pub status: String,
+    pub direction: String,
+    pub date_created: String,
+    pub date_updated: String,
+    /// Null until the call is dialled (Twilio: "Null if the call has not yet been dialed").
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    pub duration: Option<String>,
+    pub api_version: String,
+    pub uri: String,
+}
+
+/// How the fake answers a create-call request.
+#[derive(Debug, Clone)]
+pub enum CreateMode {
+    /// With the answer given to [`FakeRest::start`]; a 2xx answer creates the call.
+    Answer,
+    /// Creates the call, then answers this (status, body) instead: the answer is lost on
+    /// the way, as with a Twilio-side failure after the call was made.
+    CreateThenAnswer(u16, String),
+    /// Creates the call and never answers (the dialer is killed while it waits).
+    CreateThenHang,
+    /// Like [`CreateMode::CreateThenHang`] for calls to this number; answers the others.
+    CreateThenHangFor(String),
+}
+
 #[derive(Clone)]
 struct FakeRestState {
     requests: Arc<Mutex<Vec<RestRequest>>>,
+    list_requests: Arc<Mutex<Vec<String>>>,
+    calls: Arc<Mutex<Vec<FakeCall>>>,
     create: Arc<(u16, String)>,
+    create_mode: Arc<Mutex<CreateMode>>,
+    list_failure: Arc<Mutex<Option<(u16, String)>>>,
     update: Arc<(u16, String)>,
 }
 
 pub struct FakeRest {
     pub base: String,
     pub requests: Arc<Mutex<Vec<RestRequest>>>,
+    state: FakeRestState,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -678,29 +718,45 @@ impl Drop for FakeRest {
     }
 }
 
+/// RFC 2822 in GMT, the way the Calls API writes times: `Tue, 31 Aug 2010 20:36:28 +0000`.
+pub fn rfc2822(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default()
+}
+
 impl FakeRest {
     /// A fake `api.twilio.com`: create-call answers `create`, call updates answer `update`
-    /// (status code, JSON body; `{n}` in `create` is replaced by the request's number).
+    /// (status code, JSON body; `{n}` in `create` is replaced by the request's number). A
+    /// call created with a 2xx answer joins the account's call list
+    /// (`GET .../Calls.json`, filtered and paged as Twilio does).
     pub async fn start(create: (u16, &str), update: (u16, &str)) -> FakeRest {
+        Self::start_on("127.0.0.1:0", create, update).await
+    }
+
+    /// [`FakeRest::start`] on a given address (a restarted fake keeps its port).
+    pub async fn start_on(addr: &str, create: (u16, &str), update: (u16, &str)) -> FakeRest {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = FakeRestState {
             requests: Arc::clone(&requests),
+            list_requests: Arc::new(Mutex::new(Vec::new())),
+            calls: Arc::new(Mutex::new(Vec::new())),
             create: Arc::new((create.0, create.1.to_string())),
+            create_mode: Arc::new(Mutex::new(CreateMode::Answer)),
+            list_failure: Arc::new(Mutex::new(None)),
             update: Arc::new((update.0, update.1.to_string())),
         };
         let app = axum::Router::new()
             .route(
                 "/2010-04-01/Accounts/{account}/Calls.json",
-                axum::routing::post(fake_create),
+                axum::routing::post(fake_create).get(fake_list),
             )
             .route(
                 "/2010-04-01/Accounts/{account}/Calls/{call}",
                 axum::routing::post(fake_update),
             )
-            .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -708,12 +764,75 @@ impl FakeRest {
         FakeRest {
             base: format!("http://{addr}"),
             requests,
+            state,
             task,
         }
     }
 
+    /// The create and update requests, in order.
     pub fn requests(&self) -> Vec<RestRequest> {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The create-call requests for `to`.
+    pub fn creates_to(&self, to: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/Calls.json"))
+            .filter(|r| r.form.iter().any(|(k, v)| k == "To" && v == to))
+            .count()
+    }
+
+    /// The query strings of the list requests, in order.
+    pub fn list_requests(&self) -> Vec<String> {
+        self.state
+            .list_requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The account's calls, oldest first.
+    pub fn calls(&self) -> Vec<FakeCall> {
+        self.state
+            .calls
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_create_mode(&self, mode: CreateMode) {
+        if let Ok(mut m) = self.state.create_mode.lock() {
+            *m = mode;
+        }
+    }
+
+    /// Makes the list requests fail with (status, body), or work again with `None`.
+    pub fn fail_lists(&self, failure: Option<(u16, &str)>) {
+        if let Ok(mut f) = self.state.list_failure.lock() {
+            *f = failure.map(|(code, body)| (code, body.to_string()));
+        }
+    }
+
+    /// Moves a call on: `ringing` and later statuses have a start time, final ones an end.
+    pub fn set_status(&self, sid: &str, status: &str) {
+        let now = rfc2822(time::OffsetDateTime::now_utc());
+        if let Ok(mut calls) = self.state.calls.lock() {
+            for call in calls.iter_mut().filter(|c| c.sid == sid) {
+                call.status = status.to_string();
+                call.date_updated = now.clone();
+                if status != "queued" && call.start_time.is_none() {
+                    call.start_time = Some(now.clone());
+                }
+                if matches!(
+                    status,
+                    "completed" | "busy" | "no-answer" | "failed" | "canceled"
+                ) {
+                    call.end_time = Some(now.clone());
+                    call.duration = Some("0".into());
+                }
+            }
+        }
     }
 }
 
@@ -742,6 +861,15 @@ fn reply(answer: &(u16, String)) -> Response {
         .into_response()
 }
 
+/// HTTP Basic for ACCOUNT:TOKEN, as the client must send.
+fn authorized(headers: &HeaderMap) -> bool {
+    let expected = format!("Basic {}", BASE64.encode(format!("{ACCOUNT}:{TOKEN}")));
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected)
+}
+
 async fn fake_create(
     State(state): State<FakeRestState>,
     uri: axum::http::Uri,
@@ -752,10 +880,164 @@ async fn fake_create(
     // `{n}` in the answer becomes this request's number, so each created call gets its
     // own CallSid as on Twilio.
     let n = state.requests.lock().map(|r| r.len()).unwrap_or_default();
-    reply(&(
+    let answer = (
         state.create.0,
         state.create.1.replace("{n}", &format!("{n:032}")),
-    ))
+    );
+    let mode = state
+        .create_mode
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or(CreateMode::Answer);
+    let makes_call = match &mode {
+        CreateMode::Answer => (200..300).contains(&answer.0),
+        CreateMode::CreateThenHangFor(to) if !form_has(&body, "To", to) => {
+            (200..300).contains(&answer.0)
+        }
+        _ => true,
+    };
+    if makes_call {
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+        let field = |key: &str| {
+            form.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let sid = serde_json::from_str::<serde_json::Value>(&answer.1)
+            .ok()
+            .and_then(|v| v["sid"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("CA{n:032}"));
+        let now = rfc2822(time::OffsetDateTime::now_utc());
+        if let Ok(mut calls) = state.calls.lock() {
+            calls.push(FakeCall {
+                uri: format!("/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid}.json"),
+                sid,
+                account_sid: ACCOUNT.into(),
+                to: field("To"),
+                from: field("From"),
+                status: "queued".into(),
+                direction: "outbound-api".into(),
+                date_created: now.clone(),
+                date_updated: now,
+                start_time: None,
+                end_time: None,
+                duration: None,
+                api_version: "2010-04-01".into(),
+            });
+        }
+    }
+    match mode {
+        CreateMode::CreateThenHangFor(to) if !form_has(&body, "To", &to) => reply(&answer),
+        CreateMode::Answer | CreateMode::CreateThenHangFor(_)
+            if !(200..300).contains(&answer.0) =>
+        {
+            reply(&answer)
+        }
+        CreateMode::Answer => reply(&answer),
+        CreateMode::CreateThenAnswer(code, body) => reply(&(code, body)),
+        CreateMode::CreateThenHang | CreateMode::CreateThenHangFor(_) => {
+            std::future::pending().await
+        }
+    }
+}
+
+fn form_has(body: &Bytes, key: &str, value: &str) -> bool {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .unwrap_or_default()
+        .iter()
+        .any(|(k, v)| k == key && v == value)
+}
+
+/// `GET /2010-04-01/Accounts/{sid}/Calls.json`: the account's calls, most recent first,
+/// filtered by `To`, `From`, `Status` and `StartTime` (`StartTime>=YYYY-MM-DD` arrives as
+/// the key `StartTime>`; a call not dialled yet has no start time and matches no
+/// `StartTime` filter), `PageSize` at a time (default 50) with `next_page_uri` to go on.
+async fn fake_list(
+    State(state): State<FakeRestState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let query = uri.query().unwrap_or_default().to_string();
+    if let Ok(mut r) = state.list_requests.lock() {
+        r.push(query.clone());
+    }
+    if !authorized(&headers) {
+        return reply(&(
+            401,
+            r#"{"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401}"#.into(),
+        ));
+    }
+    if let Some(failure) = state.list_failure.lock().ok().and_then(|f| f.clone()) {
+        return reply(&failure);
+    }
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(&query).unwrap_or_default();
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let date_of = |rfc: &Option<String>| {
+        rfc.as_deref()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc2822).ok()
+            })
+            .map(|t| t.to_offset(time::UtcOffset::UTC).date().to_string())
+    };
+    let mut calls: Vec<FakeCall> = state
+        .calls
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| param("To").is_none_or(|to| c.to == to))
+        .filter(|c| param("From").is_none_or(|from| c.from == from))
+        .filter(|c| param("Status").is_none_or(|status| c.status == status))
+        .filter(|c| {
+            let started = date_of(&c.start_time);
+            param("StartTime>").is_none_or(|d| started.as_ref().is_some_and(|s| *s >= d))
+                && param("StartTime<").is_none_or(|d| started.as_ref().is_some_and(|s| *s <= d))
+                && param("StartTime").is_none_or(|d| started.as_ref().is_some_and(|s| *s == d))
+        })
+        .collect();
+    calls.reverse();
+    let page_size: usize = param("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let page: usize = param("Page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let from = page * page_size;
+    let shown: Vec<FakeCall> = calls.iter().skip(from).take(page_size).cloned().collect();
+    let path = uri.path();
+    let others: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "Page" | "PageSize" | "PageToken"))
+        .cloned()
+        .collect();
+    let page_uri = |page: usize| {
+        let mut query = others.clone();
+        query.push(("PageSize".into(), page_size.to_string()));
+        query.push(("Page".into(), page.to_string()));
+        query.push(("PageToken".into(), format!("PA{}", page * page_size)));
+        format!(
+            "{path}?{}",
+            serde_urlencoded::to_string(&query).unwrap_or_default()
+        )
+    };
+    let next = (from + page_size < calls.len()).then(|| page_uri(page + 1));
+    let body = serde_json::json!({
+        "calls": shown,
+        "end": (from + shown.len()).saturating_sub(1),
+        "first_page_uri": page_uri(0),
+        "next_page_uri": next,
+        "page": page,
+        "page_size": page_size,
+        "previous_page_uri": (page > 0).then(|| page_uri(page - 1)),
+        "start": from,
+        "uri": format!("{path}?{query}"),
+    });
+    reply(&(200, body.to_string()))
 }
 
 async fn fake_update(

@@ -452,6 +452,14 @@ async fn answer_invite(
         };
         tracing::info!(?caller, ?dialled, to = ?to_number, ?source, "INVITE");
 
+        // While do-not-call entries cannot be written, take no call at all.
+        if let Some(problem) = env.call.deps.refusing_calls() {
+            tracing::error!(%problem, "the store cannot be trusted with a call: 503");
+            if let Err(err) = tx.reply(StatusCode::ServiceUnavailable).await {
+                tracing::warn!(%err, "cannot send 503");
+            }
+            return;
+        }
         // Never talk to a number on the do-not-call list; when the list cannot be read,
         // do not talk either.
         if let Some(number) = to_number.clone() {

@@ -11,7 +11,7 @@
 //! two webhooks get their checked form parameters from the `SignedForm` extractor.
 
 use crate::labels::Outcome;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::transport::calls::{
     CallDeps, CallEnv, CallEvent, SharedDeps, close_interrupted_calls, shutdown_signal,
 };
@@ -203,9 +203,32 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// 200 `{"status": "ok"}` while calls are welcome; 503 with the reason while the store
+/// cannot be trusted with them (do-not-call entries waiting for the database, a database
+/// that cannot be written).
 async fn healthz(State(state): State<AppState>) -> Response {
-    axum::Json(serde_json::json!({"status": "ok", "live_calls": state.live_calls()}))
-        .into_response()
+    let store = state.store().clone();
+    let health = blocking(move || store.health()).await;
+    let live_calls = state.live_calls();
+    match health {
+        Some(health) if health.is_ok() => {
+            axum::Json(serde_json::json!({"status": "ok", "live_calls": live_calls}))
+                .into_response()
+        }
+        unhealthy => {
+            let (reason, pending) = unhealthy.map_or_else(
+                || ("the store check failed".to_string(), 0),
+                |h| (h.problem.unwrap_or_default(), h.pending_do_not_call),
+            );
+            let body = serde_json::json!({
+                "status": "unhealthy",
+                "reason": reason,
+                "pending_do_not_call": pending,
+                "live_calls": live_calls,
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
 }
 
 fn xml(body: String) -> Response {
@@ -231,16 +254,32 @@ async fn twiml(State(state): State<AppState>, headers: HeaderMap, form: SignedFo
             } else {
                 store.find_call_by_sid(&call_sid).ok().flatten()
             };
-            // Respect the callee: when the list cannot be read, do not talk to the number.
-            let dnc = !to.is_empty() && store.is_dnc(&to).unwrap_or_else(|err| {
-                tracing::error!(%err, "cannot read the do-not-call list: hanging up to be safe");
-                true
-            });
-            (call_id, dnc)
+            // Respect the callee: when the list cannot be read, do not talk to the number;
+            // while do-not-call entries cannot be written, take no call at all.
+            let refusal = if let Some(problem) = store.health().problem {
+                Some(Refusal::StoreUnhealthy(problem))
+            } else if to.is_empty() {
+                None
+            } else {
+                match store.is_dnc(&to) {
+                    Ok(true) => Some(Refusal::DoNotCall),
+                    Ok(false) => None,
+                    Err(StoreError::BadNumber { .. }) => Some(Refusal::InvalidTo),
+                    Err(err) => Some(Refusal::StoreUnhealthy(format!(
+                        "cannot read the do-not-call list: {err}"
+                    ))),
+                }
+            };
+            (call_id, refusal)
         })
         .await
     };
-    let (known_id, dnc) = lookup.unwrap_or((None, true));
+    let (known_id, refusal) = lookup.unwrap_or_else(|| {
+        (
+            None,
+            Some(Refusal::StoreUnhealthy("the store lookup failed".into())),
+        )
+    });
     let call_id = known_id
         .clone()
         .unwrap_or_else(|| format!("twilio-{}", uuid::Uuid::new_v4()));
@@ -257,10 +296,23 @@ async fn twiml(State(state): State<AppState>, headers: HeaderMap, form: SignedFo
             });
         }
     };
-    if dnc {
-        tracing::warn!(%to, "number is on the do-not-call list: hanging up at once");
-        note("refused", "number on the do-not-call list".into());
-        return xml(protocol::hangup_twiml());
+    match refusal {
+        Some(Refusal::DoNotCall) => {
+            tracing::warn!(%to, "number is on the do-not-call list: hanging up at once");
+            note("refused", "number on the do-not-call list".into());
+            return xml(protocol::hangup_twiml());
+        }
+        Some(Refusal::InvalidTo) => {
+            tracing::warn!(%to, "the To number is not a valid phone number: hanging up at once");
+            note("refused", format!("invalid To number {to:?}"));
+            return xml(protocol::hangup_twiml());
+        }
+        Some(Refusal::StoreUnhealthy(problem)) => {
+            tracing::error!(%to, %problem, "the store cannot be trusted with a call: hanging up at once");
+            note("refused", format!("store unhealthy: {problem}"));
+            return xml(protocol::hangup_twiml());
+        }
+        None => {}
     }
     if answered_by.starts_with("machine") || answered_by == "fax" {
         tracing::info!(%answered_by, "answering machine: hanging up");
@@ -281,6 +333,13 @@ async fn twiml(State(state): State<AppState>, headers: HeaderMap, form: SignedFo
             ("call_sid", call_sid.as_str()),
         ],
     ))
+}
+
+/// Why `/twiml` hangs up before the call starts.
+enum Refusal {
+    DoNotCall,
+    InvalidTo,
+    StoreUnhealthy(String),
 }
 
 /// Statuses after which the call is over.
