@@ -243,6 +243,52 @@ async fn barge_in_over_the_opening_sends_clear() {
     assert!(log.closed_by_bot.is_some());
 }
 
+/// The callee answers the opening (是我), the bot starts the notice, and the line resets
+/// under it without Twilio's `stop`: the call ends as `line_failed` with the callee's turn
+/// in its record, and the number stays off the do-not-call list (a hang-up at that point
+/// would have put it there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_reset_after_a_turn_keeps_the_turn_and_adds_no_do_not_call() {
+    let (manifest, dir) = fixtures();
+    let case = manifest
+        .cases
+        .iter()
+        .find(|c| c.name == "ss-confirm-then-renew")
+        .expect("fixture case ss-confirm-then-renew");
+    let server = whisper_server().await;
+    let mut events = server.state.subscribe();
+    let to = "+8613700000002";
+    let call_sid = "CA-reset-after-turn";
+    let twiml = server.twiml(call_sid, to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let ws = server.connect_media(None).await.expect("open /media");
+    let mut plan = CallPlan::new(vec![turn_mulaw(&dir, &case.turns[0])]);
+    plan.line_failure = Some(FailAt {
+        how: LineFailure::Reset,
+        after_turns: 1,
+        delay: Duration::from_secs(3),
+    });
+    plan.limit = Duration::from_secs(60);
+    let log = fake_call(ws, call_sid, &twiml.params, plan).await;
+    assert!(log.line_failed, "{log:#?}");
+    let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(40))
+        .await
+        .expect("summary");
+    assert_eq!(summary.outcome.as_str(), "line_failed");
+    assert!(!summary.do_not_call);
+    let row = server.store.get_call(&call_id).unwrap().expect("row");
+    assert_eq!(row.outcome.as_deref(), Some("line_failed"));
+    assert!(!row.do_not_call);
+    assert!(!server.store.is_dnc(to).unwrap());
+    let turns = server.store.call_turns(&call_id).unwrap();
+    assert_eq!(turns.len(), 1, "{turns:?}");
+    assert_eq!(
+        turns[0].intent.as_deref(),
+        Some("confirm_identity"),
+        "{turns:?}"
+    );
+}
+
 /// Every fixture call that fits in about a minute of call time (all but `max_duration`).
 fn playable(manifest: &Manifest) -> Vec<&Case> {
     manifest
