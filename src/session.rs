@@ -659,6 +659,20 @@ impl Session {
         self.on_tick(now);
     }
 
+    /// The line failed under the call (the transport lost it without the far end hanging
+    /// up): like `on_hangup`, except that a call not yet decided ends as `line_failed`,
+    /// which adds no do-not-call, instead of its pending outcome or `callee_hangup`.
+    /// Transcripts still being decoded can still decide it: the callee did say them.
+    pub fn on_line_failed(&mut self, now: Millis) {
+        if matches!(self.phase, Phase::Ended | Phase::CalleeGone { .. }) {
+            return;
+        }
+        if self.outcome.is_none() {
+            self.pending = Some(Outcome::LineFailed);
+        }
+        self.on_hangup(now);
+    }
+
     /// Lets timers fire; call at `next_deadline()` or on every audio frame.
     pub fn on_tick(&mut self, now: Millis) {
         match self.phase {
