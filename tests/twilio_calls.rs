@@ -289,6 +289,50 @@ async fn a_line_reset_after_a_turn_keeps_the_turn_and_adds_no_do_not_call() {
     );
 }
 
+/// The callee says 别再打我电话 and the line resets the moment the words end, before they
+/// are recognized: the words still count. The call ends as `do_not_call` and the number is
+/// on the list, though the line failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_said_before_the_line_failed_still_decide() {
+    let (manifest, dir) = fixtures();
+    let case = manifest
+        .cases
+        .iter()
+        .find(|c| c.name == "dnc-told-you-before")
+        .expect("fixture case dnc-told-you-before");
+    let server = whisper_server().await;
+    let mut events = server.state.subscribe();
+    let to = "+8613700000003";
+    let call_sid = "CA-reset-after-refusal";
+    let twiml = server.twiml(call_sid, to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let ws = server.connect_media(None).await.expect("open /media");
+    let mut plan = CallPlan::new(case.turns.iter().map(|t| turn_mulaw(&dir, t)).collect());
+    plan.line_failure = Some(FailAt {
+        how: LineFailure::Reset,
+        after_turns: 2,
+        delay: Duration::ZERO,
+    });
+    plan.limit = Duration::from_secs(60);
+    let log = fake_call(ws, call_sid, &twiml.params, plan).await;
+    assert!(log.line_failed, "{log:#?}");
+    let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(40))
+        .await
+        .expect("summary");
+    assert_eq!(summary.outcome.as_str(), "do_not_call");
+    assert!(server.store.is_dnc(to).unwrap(), "the refusal was lost");
+    let row = server.store.get_call(&call_id).unwrap().expect("row");
+    assert!(row.do_not_call, "{row:?}");
+    let kinds: Vec<String> = server
+        .store
+        .call_events(&call_id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.iter().any(|k| k == "line_failed"), "{kinds:?}");
+}
+
 /// Every fixture call that fits in about a minute of call time (all but `max_duration`).
 fn playable(manifest: &Manifest) -> Vec<&Case> {
     manifest

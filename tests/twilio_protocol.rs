@@ -683,8 +683,9 @@ async fn two_streams_for_one_call_id_do_not_merge() {
 }
 
 /// A callee on the do-not-call list is hung up at the webhook and is never given a stream
-/// token, in any spelling of the number; one put on the list after the webhook, before the
-/// stream started, is refused at `start` and hears nothing.
+/// token, in any spelling of the number, and so is a webhook with no valid `To`; one put on
+/// the list after the webhook, before the stream started, is refused at `start` and hears
+/// nothing.
 #[tokio::test]
 async fn a_listed_callee_never_gets_a_stream() {
     let server = TestServer::start(ServerOpts::default()).await;
@@ -704,6 +705,20 @@ async fn a_listed_callee_never_gets_a_stream() {
         assert!(
             xml.contains("<Hangup/>") && !xml.contains("<Stream") && !xml.contains("token"),
             "{spelling}: {xml}"
+        );
+    }
+    // Without a callee number there is nobody to check against the list: no stream either.
+    for to in ["", "not-a-number"] {
+        let resp = server
+            .post_signed(
+                "/twiml",
+                &[("CallSid", "CA-noto"), ("To", to), ("From", FROM)],
+            )
+            .await;
+        let xml = resp.text().await.expect("body");
+        assert!(
+            xml.contains("<Hangup/>") && !xml.contains("<Stream"),
+            "To {to:?}: {xml}"
         );
     }
     let to = "+8613800000071";
