@@ -258,7 +258,7 @@ impl WhisperEngine {
         Ok(match best {
             Some(best) => Transcript {
                 text: best.text,
-                no_speech_prob: first.no_speech_prob,
+                ..first
             },
             None => first,
         })
@@ -304,7 +304,7 @@ impl WhisperEngine {
         }
         Ok(Transcript {
             text: neutral,
-            no_speech_prob: first.no_speech_prob,
+            ..first
         })
     }
 
@@ -351,19 +351,22 @@ impl WhisperEngine {
         let mut raw = String::new();
         let mut no_speech_prob: f32 = 0.0;
         let mut tokens = Vec::new();
+        let mut log_probs = Vec::new();
         let end_of_text = self.short_answers.end_of_text();
         for segment in self.state.as_iter() {
             no_speech_prob = no_speech_prob.max(segment.no_speech_probability());
             if let Ok(piece) = segment.to_str_lossy() {
                 raw.push_str(&piece);
             }
-            tokens.extend(
-                (0..segment.n_tokens())
-                    .filter_map(|i| segment.get_token(i))
-                    .map(|t| t.token_id())
-                    .filter(|&id| id < end_of_text),
-            );
+            for token in (0..segment.n_tokens()).filter_map(|i| segment.get_token(i)) {
+                let data = token.token_data();
+                if data.id < end_of_text {
+                    tokens.push(data.id);
+                    log_probs.push(data.plog);
+                }
+            }
         }
+        let (avg_log_prob, min_token_prob) = token_confidence(&log_probs);
         let mut text = clean_transcript(&raw, &self.config.prompt);
         if no_speech_prob >= self.config.no_speech_threshold {
             text.clear();
@@ -372,10 +375,23 @@ impl WhisperEngine {
             Transcript {
                 text,
                 no_speech_prob,
+                avg_log_prob,
+                min_token_prob,
             },
             tokens,
         ))
     }
+}
+
+/// Whisper's `avg_logprob` of a decoding and the probability of its least likely token;
+/// nothing decoded is no confidence at all.
+fn token_confidence(log_probs: &[f32]) -> (Option<f32>, Option<f32>) {
+    if log_probs.is_empty() {
+        return (Some(f32::NEG_INFINITY), Some(0.0));
+    }
+    let mean = log_probs.iter().sum::<f32>() / log_probs.len() as f32;
+    let least = log_probs.iter().copied().fold(f32::INFINITY, f32::min);
+    (Some(mean), Some(least.exp()))
 }
 
 /// The most text tokens a decoding of `samples` (16 kHz) may produce. A looping decoder

@@ -52,6 +52,9 @@ pub struct Transition {
     pub say_if_no_resistance: Vec<String>,
     pub next: Next,
     pub pending: Option<Outcome>,
+    /// The pending outcome is only what 李明 offered (短信代替电话): silence or a yes lets
+    /// it stand, but a callee who hangs up never chose it.
+    pub pending_is_offer: bool,
     pub do_not_call_now: bool,
 }
 
@@ -138,6 +141,7 @@ struct TransitionEntry {
     #[serde(default)]
     end_with_pending: bool,
     pending: Option<Sp>,
+    offered: Option<Sp>,
     #[serde(default)]
     do_not_call_now: bool,
 }
@@ -251,7 +255,18 @@ impl Script {
                 },
                 (None, None) => Next::Stay,
             };
-            let pending = entry.pending.as_ref().map(outcome).transpose()?;
+            if let (Some(_), Some(offered)) = (&entry.pending, &entry.offered) {
+                return Err(
+                    check.error(offered, "a transition has `pending` or `offered`, not both")
+                );
+            }
+            let pending_is_offer = entry.offered.is_some();
+            let pending = entry
+                .pending
+                .as_ref()
+                .or(entry.offered.as_ref())
+                .map(outcome)
+                .transpose()?;
             Ok((
                 label,
                 Transition {
@@ -259,6 +274,7 @@ impl Script {
                     say_if_no_resistance: line_ids(&entry.say_if_no_resistance)?,
                     next,
                     pending,
+                    pending_is_offer,
                     do_not_call_now: entry.do_not_call_now,
                 },
             ))

@@ -3,6 +3,7 @@
 //! clause-by-clause short answers and one misheard character in long phrases.
 
 use crate::labels::Intent;
+use crate::phonetic::{self, Confusions};
 use crate::text;
 use regex::Regex;
 use serde::Deserialize;
@@ -26,6 +27,8 @@ pub enum RulesError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error(transparent)]
+    Confusions(#[from] phonetic::ConfusionsError),
     #[error("{path}:{line}: {message}")]
     Invalid {
         path: PathBuf,
@@ -37,6 +40,9 @@ pub enum RulesError {
 #[derive(Deserialize)]
 struct RulesFile {
     report_order: Vec<toml::Spanned<String>>,
+    /// Named word lists (`neg = "别|不要|甭"`), written `{neg}` inside patterns.
+    #[serde(default)]
+    concepts: std::collections::BTreeMap<String, toml::Spanned<String>>,
     #[serde(default)]
     short_answers: Vec<toml::Spanned<String>>,
     intent: Vec<RuleEntry>,
@@ -49,6 +55,8 @@ struct RuleEntry {
     patterns: Vec<toml::Spanned<String>>,
     #[serde(default)]
     unless: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    clause_unless: Vec<toml::Spanned<String>>,
 }
 
 /// Phrases at least this long (characters) still match with one inner character misheard.
@@ -64,16 +72,35 @@ struct Pattern {
     /// with any one inner character free (不打算用了 also matches 不打涉用了); tried only
     /// when no rule matches the utterance exactly.
     one_slip: Option<Regex>,
+    /// The syllables of those phrases with at least `phonetic::MIN_PHRASE_SYLLABLES`, for
+    /// matching with measured syllable confusions (tried with `one_slip`).
+    phrases: Vec<Vec<String>>,
 }
 
 impl Pattern {
     fn compile(source: &str) -> Result<Pattern, regex::Error> {
+        let phrases = literal_phrases(source)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| phonetic::phrase_syllables(p))
+            .filter(|p| p.len() >= phonetic::MIN_PHRASE_SYLLABLES)
+            .collect();
         Ok(Pattern {
             source: source.to_string(),
             exact: Regex::new(source)?,
             sound_alike: Regex::new(&text::sound_alike(source))?,
             one_slip: one_slip_regex(source)?,
+            phrases,
         })
+    }
+
+    /// Whether a phrase of the pattern is heard with measured syllable slips.
+    fn is_match_phonetically(&self, forms: &[Form], confusions: &Confusions) -> bool {
+        !self.phrases.is_empty()
+            && forms.iter().any(|(plain, _)| {
+                let heard = phonetic::syllables(plain);
+                self.phrases.iter().any(|p| confusions.holds(&heard, p))
+            })
     }
 
     fn is_match(&self, forms: &[Form]) -> bool {
@@ -89,26 +116,33 @@ impl Pattern {
     }
 }
 
-/// The phrases of `source` when it denotes a finite set of plain strings (alternations and
-/// optional groups; no anchors, classes or repetition), with each phrase of at least
-/// `FUZZY_MIN_CHARS` characters turned into its variants with one inner character free.
-fn one_slip_regex(source: &str) -> Result<Option<Regex>, regex::Error> {
+/// The phrases `source` spells out when it denotes a finite set of plain strings
+/// (alternations and optional groups; no anchors, classes or repetition).
+fn literal_phrases(source: &str) -> Option<Vec<String>> {
     use regex_syntax::hir::literal::Extractor;
     if source.contains(['^', '$', '.', '*', '+', '[', '{', '\\']) {
-        return Ok(None);
+        return None;
     }
-    let Ok(hir) = regex_syntax::parse(source) else {
-        return Ok(None);
-    };
+    let hir = regex_syntax::parse(source).ok()?;
     let phrases = Extractor::new().extract(&hir);
-    let Some(literals) = phrases.literals().filter(|_| phrases.is_exact()) else {
+    let literals = phrases.literals().filter(|_| phrases.is_exact())?;
+    Some(
+        literals
+            .iter()
+            .filter_map(|l| std::str::from_utf8(l.as_bytes()).ok())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// The phrases of `source` when it denotes a finite set of plain strings, with each phrase of at least
+/// `FUZZY_MIN_CHARS` characters turned into its variants with one inner character free.
+fn one_slip_regex(source: &str) -> Result<Option<Regex>, regex::Error> {
+    let Some(phrases) = literal_phrases(source) else {
         return Ok(None);
     };
     let mut variants = Vec::new();
-    for literal in literals {
-        let Ok(phrase) = std::str::from_utf8(literal.as_bytes()) else {
-            continue;
-        };
+    for phrase in phrases {
         let chars: Vec<char> = phrase.chars().collect();
         if chars.len() < FUZZY_MIN_CHARS {
             continue;
@@ -134,12 +168,46 @@ fn one_slip_regex(source: &str) -> Result<Option<Regex>, regex::Error> {
     Regex::new(&variants.join("|")).map(Some)
 }
 
+/// `source` with every `{name}` of a concept replaced by its words as a group; the name of
+/// an unknown concept as the error. Regex repetitions (`{0,4}`) are left alone.
+fn expand_concepts(source: &str, concepts: &[(String, String)]) -> Result<String, String> {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return Ok(out);
+        };
+        let name = &after[..close];
+        if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !name.is_empty() {
+            let words = concepts
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, w)| w)
+                .ok_or_else(|| name.to_string())?;
+            out.push_str("(?:");
+            out.push_str(words);
+            out.push(')');
+        } else {
+            out.push_str(&rest[open..open + 1 + close + 1]);
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[derive(Debug)]
 struct Rule {
     label: Intent,
     /// Each pattern with its optional guard (`A !! B`: A counts only without B).
     patterns: Vec<(Pattern, Option<Pattern>)>,
+    /// Vetoes for the whole utterance.
     unless: Vec<Pattern>,
+    /// Vetoes for the clause they occur in.
+    clause_unless: Vec<Pattern>,
 }
 
 /// A normalized text and its sound-alike form.
@@ -155,6 +223,9 @@ struct Utterance {
     /// longer reply. Only for labels that do not decide the outcome: a clause such as 不是
     /// opens many sentences that are no denial.
     with_clauses: Vec<Form>,
+    /// Each clause of a several-clause utterance on its own (empty for one clause), so a
+    /// veto is judged in the clause it belongs to: 短信别发了，也别再打电话了 asks for both.
+    clauses: Vec<Vec<Form>>,
 }
 
 /// Cantonese function words as callees write or whisper transcribes them, with their
@@ -185,23 +256,114 @@ const CANTONESE_WORDS: &[(&str, &str)] = &[
     ("嘅", "的"),
     ("佢", "他"),
     ("啲", "些"),
+    ("点样", "怎么"),
+    ("即刻", "马上"),
+    ("做咩", "做什么"),
 ];
+
+/// Words of other regions, and English words callees mix in, with their Mandarin
+/// equivalents, read the same way as `CANTONESE_WORDS` (after them, in this order):
+/// Shanghainese (覅 = 不要, 侬 = 你, 阿拉 = 我们, 伊 = 他, 自家 = 自己, 哪能 = 怎么),
+/// northern (嘎哈 = 干啥, 撂 = 挂 the phone, 嗯呐 = 嗯), southwestern (莫 = 别).
+const REGIONAL_WORDS: &[(&str, &str)] = &[
+    ("覅", "不要"),
+    ("侬拉", "你们"),
+    ("侬", "你"),
+    ("阿拉", "我们"),
+    ("伊拉", "他们"),
+    ("伊", "他"),
+    ("自家", "自己"),
+    ("哪能", "怎么"),
+    ("啥事体", "啥事"),
+    ("勿", "不"),
+    ("寻", "找"),
+    ("挂脱", "挂掉"),
+    ("嘎哈", "干啥"),
+    ("干哈", "干啥"),
+    ("啥玩意", "什么"),
+    ("撂", "挂"),
+    ("伐要", "不要"),
+    ("伐用", "不用"),
+    ("系我", "是我"),
+    ("不系", "不是"),
+    ("系咪", "是不是"),
+    ("系啊", "是啊"),
+    ("系呀", "是呀"),
+    ("没得", "没有"),
+    ("嗯呐", "嗯"),
+    ("嗯哪", "嗯"),
+    ("莫得", "没有"),
+    ("莫", "别"),
+    ("cancel", "取消"),
+    ("account", "账户"),
+    ("delete", "删除"),
+    ("email", "邮件"),
+    ("sorry", "不好意思"),
+];
+
+/// Words where 儿 is a word of its own, not the northern 儿 ending (事儿, 这儿, 玩意儿).
+const REAL_ER: &[&str] = &["儿子", "女儿", "婴儿", "儿童", "孤儿", "幼儿", "健儿", "胎儿", "混儿"];
+
+/// Drops the northern 儿 ending (事儿 → 事, 一会儿 → 一会), so rules need not spell it.
+fn without_erhua(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    for (at, &c) in chars.iter().enumerate() {
+        if c == '儿' && at > 0 {
+            let before: String = chars[at - 1..=at].iter().collect();
+            let after: String = chars[at..(at + 2).min(chars.len())].iter().collect();
+            if !REAL_ER.contains(&before.as_str()) && !REAL_ER.contains(&after.as_str()) {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Phrases with which a callee takes back what he just said (不续——哦不对，续的): only
+/// what follows the last of them counts.
+const CORRECTIONS: &[&str] = &[
+    "哦不对", "啊不对", "呃不对", "噢不对", "不对不对", "说错了", "我是说", "更正一下", "不不不",
+];
+
+/// What is left of `normalized` after the callee's last correction, if anything.
+fn after_correction(normalized: &str) -> &str {
+    let cut = CORRECTIONS
+        .iter()
+        .filter_map(|c| normalized.rfind(c).map(|at| at + c.len()))
+        .max();
+    match cut {
+        Some(at) if normalized[at..].chars().count() >= 2 => &normalized[at..],
+        _ => normalized,
+    }
+}
 
 /// `normalized` with Cantonese function words in their Mandarin form.
 fn as_mandarin(normalized: &str) -> String {
-    CANTONESE_WORDS
+    let mandarin = CANTONESE_WORDS
         .iter()
-        .fold(normalized.to_string(), |text, (cantonese, mandarin)| {
-            text.replace(cantonese, mandarin)
-        })
+        .chain(REGIONAL_WORDS)
+        .fold(normalized.to_string(), |text, (regional, mandarin)| {
+            text.replace(regional, mandarin)
+        });
+    without_erhua(&mandarin)
 }
 
 impl Utterance {
     fn new(raw: &str) -> Utterance {
         let normalized = text::normalize(raw);
-        let whole = Self::forms(&as_mandarin(&normalized));
+        // After a correction (不续——哦不对，续的) only the rest is what he means.
+        let corrected = after_correction(&normalized);
+        let meant = if corrected.len() < normalized.len() {
+            corrected
+        } else {
+            raw
+        };
+        let whole = Self::forms(&as_mandarin(&text::normalize(meant)));
         let mut with_clauses = whole.clone();
-        let clauses: Vec<String> = raw
+        let mut clause_forms = Vec::new();
+        let clauses: Vec<String> = meant
             .split(|c: char| !c.is_alphanumeric() && !c.is_whitespace())
             .map(|clause| as_mandarin(&text::normalize(clause)))
             .filter(|c| !c.is_empty())
@@ -213,12 +375,14 @@ impl Utterance {
                 if !core.is_empty() {
                     with_clauses.push((core.to_string(), text::sound_alike(core)));
                 }
+                clause_forms.push(Self::forms(clause));
             }
         }
         Utterance {
             normalized,
             whole,
             with_clauses,
+            clauses: clause_forms,
         }
     }
 
@@ -245,6 +409,8 @@ impl Utterance {
 pub struct IntentRules {
     rules: Vec<Rule>,
     report_order: Vec<Intent>,
+    /// Syllable pairs the recognizer confuses (`confusions.toml` beside the rules).
+    confusions: Confusions,
     /// Brief replies callees commonly give, each understood by these rules; recognition
     /// checks short utterances against them (`asr::ShortAnswers`).
     pub short_answers: Vec<String>,
@@ -274,7 +440,9 @@ impl IntentRules {
             path: path.into(),
             source,
         })?;
-        Self::parse(&source, path)
+        let mut rules = Self::parse(&source, path)?;
+        rules.confusions = Confusions::load(&path.with_file_name("confusions.toml"))?;
+        Ok(rules)
     }
 
     /// Parses rules from `source`; `path` is only used in error messages.
@@ -294,9 +462,18 @@ impl IntentRules {
                 .parse::<Intent>()
                 .map_err(|e| invalid(spanned.span(), e.to_string()))
         };
+        let mut concepts: Vec<(String, String)> = Vec::new();
+        for (name, words) in &file.concepts {
+            let expanded = expand_concepts(words.get_ref(), &concepts)
+                .map_err(|unknown| invalid(words.span(), format!("unknown concept `{{{unknown}}}` (concepts may use only those defined before them, alphabetically)")))?;
+            concepts.push((name.clone(), expanded));
+        }
         let compile =
             |spanned: &toml::Spanned<String>, source: &str| -> Result<Pattern, RulesError> {
-                Pattern::compile(source.trim()).map_err(|e| {
+                let expanded = expand_concepts(source.trim(), &concepts).map_err(|unknown| {
+                    invalid(spanned.span(), format!("unknown concept `{{{unknown}}}`"))
+                })?;
+                Pattern::compile(&expanded).map_err(|e| {
                     invalid(
                         spanned.span(),
                         format!("bad pattern `{}`: {e}", source.trim()),
@@ -338,10 +515,16 @@ impl IntentRules {
                 .iter()
                 .map(|s| compile(s, s.get_ref()))
                 .collect::<Result<_, _>>()?;
+            let clause_unless = entry
+                .clause_unless
+                .iter()
+                .map(|s| compile(s, s.get_ref()))
+                .collect::<Result<_, _>>()?;
             rules.push(Rule {
                 label: intent,
                 patterns,
                 unless,
+                clause_unless,
             });
         }
         let report_order = file
@@ -360,6 +543,7 @@ impl IntentRules {
         let mut loaded = IntentRules {
             rules,
             report_order,
+            confusions: Confusions::default(),
             short_answers: Vec::new(),
         };
         for spanned in &file.short_answers {
@@ -384,7 +568,10 @@ impl IntentRules {
         if !normalized.is_empty() {
             found = self.labels(&utterance, Pattern::is_match);
             if found.is_empty() {
-                found = self.labels(&utterance, Pattern::is_match_with_one_slip);
+                found = self.labels(&utterance, |pattern, forms| {
+                    pattern.is_match_with_one_slip(forms)
+                        || pattern.is_match_phonetically(forms, &self.confusions)
+                });
             }
         }
         let mut intents: Vec<Intent> = Intent::DECISIVE_BY_PRECEDENCE
@@ -426,10 +613,23 @@ impl IntentRules {
         let mut found = Vec::new();
         for rule in &self.rules {
             let forms = utterance.forms_for(rule.label);
-            let fires = rule.patterns.iter().any(|(pattern, guard)| {
-                matches(pattern, forms) && !guard.as_ref().is_some_and(|g| g.is_match(forms))
-            });
-            if fires && !rule.unless.iter().any(|u| u.is_match(&utterance.whole)) {
+            let fires_in = |forms: &[Form]| {
+                rule.patterns.iter().any(|(pattern, guard)| {
+                    matches(pattern, forms) && !guard.as_ref().is_some_and(|g| g.is_match(forms))
+                })
+            };
+            let clause_vetoed =
+                |forms: &[Form]| rule.clause_unless.iter().any(|u| u.is_match(forms));
+            let fires = fires_in(forms)
+                && !rule.unless.iter().any(|u| u.is_match(&utterance.whole))
+                // A clause veto stands only if no clause says the label on its own, free of
+                // it (别发短信了，电话也别打了 asks for both).
+                && (!clause_vetoed(&utterance.whole)
+                    || utterance
+                        .clauses
+                        .iter()
+                        .any(|clause| fires_in(clause) && !clause_vetoed(clause)));
+            if fires {
                 found.push(rule.label);
             }
         }
@@ -450,7 +650,12 @@ impl IntentRules {
             Pattern::is_match_with_one_slip,
             " (one character misheard)",
         );
-        exact.into_iter().chain(slipped).collect()
+        let misheard = self.hits(
+            &utterance,
+            |pattern, forms| pattern.is_match_phonetically(forms, &self.confusions),
+            " (syllables misheard)",
+        );
+        exact.into_iter().chain(slipped).chain(misheard).collect()
     }
 
     fn hits(
@@ -462,7 +667,11 @@ impl IntentRules {
         let mut hits = Vec::new();
         for rule in &self.rules {
             let forms = utterance.forms_for(rule.label);
-            let vetoed_by_unless = rule.unless.iter().any(|u| u.is_match(&utterance.whole));
+            let vetoed_by_unless = rule.unless.iter().any(|u| u.is_match(&utterance.whole))
+                || rule
+                    .clause_unless
+                    .iter()
+                    .any(|u| u.is_match(&utterance.whole));
             for (pattern, guard) in &rule.patterns {
                 if matches(pattern, forms) {
                     let guarded = guard.as_ref().is_some_and(|g| g.is_match(forms));
@@ -636,6 +845,72 @@ mod tests {
         // 系统 keeps its meaning: 系 is not rewritten.
         check(&rules, "我自己上系统续就得", SelfService);
         assert_eq!(as_mandarin("唔使"), "不用");
+    }
+
+    #[test]
+    fn regional_words_corrections_and_erhua_read_as_plain_mandarin() {
+        let r = rules();
+        check(&r, "覅续了，阿拉公司勿用了", Decline);
+        check(&r, "伊勿在，侬寻错人了", WrongPerson);
+        check(&r, "侬烦伐啦，挂脱了", HostileHangup);
+        check(&r, "不续——哦不对，续，续的，我自己去交", SelfService);
+        assert_eq!(without_erhua("有事儿说事儿"), "有事说事");
+        assert_eq!(without_erhua("我女儿接的"), "我女儿接的");
+        assert_eq!(after_correction("续不对不对不续了"), "不续了");
+        assert_eq!(after_correction("不续了"), "不续了");
+    }
+
+    #[test]
+    fn concepts_expand_inside_patterns() {
+        let concepts = vec![
+            ("neg".to_string(), "别|不要".to_string()),
+            ("call".to_string(), "打|联系".to_string()),
+        ];
+        assert_eq!(
+            expand_concepts("{neg}再{call}.{0,4}了", &concepts).unwrap(),
+            "(?:别|不要)再(?:打|联系).{0,4}了"
+        );
+        assert_eq!(expand_concepts("{nope}", &concepts).unwrap_err(), "nope");
+        let rules = IntentRules::parse(
+            "report_order = []\n[concepts]\nneg = \"别|甭\"\n[[intent]]\nlabel = \"do_not_call\"\nmatch = [\"{neg}打\"]\n",
+            Path::new("rules.toml"),
+        )
+        .unwrap();
+        assert_eq!(rules.classify("甭打了").primary(), DoNotCall);
+        let err = IntentRules::parse(
+            "report_order = []\n[[intent]]\nlabel = \"do_not_call\"\nmatch = [\"{neg}打\"]\n",
+            Path::new("rules.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("rules.toml:4:") && err.contains("neg"), "{err}");
+    }
+
+    #[test]
+    fn turning_down_help_is_handling_it_himself() {
+        let r = rules();
+        for text in [
+            "不用你们提醒，到时候我自己弄",
+            "不需要你们帮忙，后台我自己点",
+            "这事不用你们插手",
+            "别操这个心了，我自己来",
+        ] {
+            check(&r, text, SelfService);
+        }
+        // Refusing the renewal in its own clause still declines.
+        check(&r, "不用你们提醒了，这个不续了", Decline);
+    }
+
+    #[test]
+    fn a_veto_counts_only_in_its_own_clause() {
+        let r = rules();
+        let both = r.classify("短信你们也别发了，电话也不要再打过来了");
+        assert!(both.has(StopMessages) && both.has(DoNotCall), "{both:?}");
+        assert_eq!(both.primary(), DoNotCall);
+        // One clause about messages alone stays a messages request.
+        check(&r, "以后别再给我发那些推广短信了", StopMessages);
+        let written = r.classify("别再推广告了，真有事发邮件");
+        assert!(written.has(WrittenOnly), "{written:?}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod dialog;
 pub mod eval;
 pub mod intent;
 pub mod labels;
+pub mod phonetic;
 pub mod records;
 pub mod session;
 pub mod store;

@@ -13,7 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use renewal_bot::asr::{AsrConfig, RecognizerPool};
 use renewal_bot::audio::clips::ClipLibrary;
 use renewal_bot::dialog::Script;
-use renewal_bot::eval::{self, EvalOptions, manifest::Manifest, simulate::Transcribe};
+use renewal_bot::eval::{
+    self, EvalOptions,
+    manifest::Manifest,
+    simulate::{RecognitionClock, Transcribe},
+};
 use renewal_bot::records::{self, CallsCommand, DncCommand};
 use renewal_bot::session::SessionConfig;
 use renewal_bot::store::Store;
@@ -98,9 +102,20 @@ struct Assets {
 struct EvalArgs {
     #[command(flatten)]
     assets: Assets,
-    /// The manifest (TOML) of recorded call cases.
-    #[arg(default_value_os_t = eval::default_manifest())]
-    manifest: PathBuf,
+    /// The manifest (TOML) of recorded call cases; several are run as one report.
+    #[arg(default_values_os_t = vec![eval::default_manifest()])]
+    manifests: Vec<PathBuf>,
+    /// Call time (ms) the simulated call waits for each transcript. A fixed model keeps
+    /// outcomes the same on a busy machine; reply latency still counts the measured time.
+    #[arg(long, default_value_t = eval::simulate::MODELED_RECOGNITION_MS)]
+    asr_ms: u64,
+    /// Let the measured recognition time drive the call clock instead (outcomes then
+    /// depend on how busy the machine is).
+    #[arg(long, conflicts_with = "asr_ms")]
+    wall_clock: bool,
+    /// Also print per-intent precision and recall and the confusion matrix.
+    #[arg(long)]
+    intents: bool,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -287,12 +302,16 @@ fn start_recognizer(model: &Path, script: &Arc<Script>) -> anyhow::Result<Recogn
 }
 
 fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::load(&args.manifest)?;
+    let manifests = args
+        .manifests
+        .iter()
+        .map(|path| Manifest::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let script = load_script(&args.assets.script_dir)?;
     let clips = load_clips(&args.assets.audio_dir)?;
-    let needs_audio = manifest
-        .cases
+    let needs_audio = manifests
         .iter()
+        .flat_map(|m| &m.cases)
         .flat_map(|c| &c.turns)
         .any(|t| t.audio.is_some() && !(args.text && t.text.is_some()));
     let recognizer = if needs_audio {
@@ -302,7 +321,7 @@ fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
 
     let progress = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(manifest.cases.len() as u64);
+        let bar = ProgressBar::new(manifests.iter().map(|m| m.cases.len() as u64).sum());
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} cases  {elapsed} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -319,10 +338,19 @@ fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
     let options = EvalOptions {
         text_only: args.text,
         session: SessionConfig::default(),
+        clock: if args.wall_clock {
+            RecognitionClock::WallTime
+        } else {
+            RecognitionClock::Modeled(args.asr_ms)
+        },
         on_case_done: &on_case_done,
     };
     let transcriber = recognizer.as_ref().map(|r| r as &dyn Transcribe);
-    let report = eval::run(&manifest, &script, &clips, transcriber, &options)?;
+    let reports = manifests
+        .iter()
+        .map(|manifest| eval::run(manifest, &script, &clips, transcriber, &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let report = eval::report::Report::merge(reports);
     progress.finish_and_clear();
 
     if let Some(path) = &args.json {
@@ -334,6 +362,9 @@ fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
         println!("{}", report.summary.one_line());
     } else {
         print!("{}", report.render_table());
+    }
+    if args.intents {
+        print!("{}", report.render_intent_scores());
     }
     if let Some(path) = &args.json {
         println!("report written to {}", path.display());

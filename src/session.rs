@@ -62,6 +62,8 @@ pub struct TurnRecord {
     pub intents: Vec<Intent>,
     /// The lines the bot answered with, in order.
     pub reply: Vec<String>,
+    /// How sure the recognizer was of the transcript (0–1); `None` for text not heard.
+    pub confidence: Option<f32>,
 }
 
 /// Text from the recognizer for one utterance.
@@ -70,6 +72,28 @@ pub struct Transcript {
     pub text: String,
     /// Whisper's no-speech probability, 0 when unknown.
     pub no_speech_prob: f32,
+    /// Mean log probability of the transcript's tokens (whisper's `avg_logprob`); `None`
+    /// when the text did not come from the recognizer.
+    pub avg_log_prob: Option<f32>,
+    /// Probability of the least likely token.
+    pub min_token_prob: Option<f32>,
+}
+
+impl Transcript {
+    /// Text known for certain (reference text, tests).
+    pub fn exact(text: &str) -> Transcript {
+        Transcript {
+            text: text.to_string(),
+            ..Transcript::default()
+        }
+    }
+
+    /// One figure for how sure the recognizer was (0–1): the geometric mean of the token
+    /// probabilities, scaled down by the chance that it was no speech at all.
+    pub fn confidence(&self) -> Option<f32> {
+        let avg = self.avg_log_prob?;
+        Some((avg.exp() * (1.0 - self.no_speech_prob)).clamp(0.0, 1.0))
+    }
 }
 
 /// How the call ended.
@@ -178,6 +202,8 @@ pub struct Session {
     pending: Option<Outcome>,
     /// The callee's words that set `pending` (the do-not-call reason if it ends that way).
     pending_words: String,
+    /// `pending` is only what 李明 offered: a hang-up does not accept it.
+    pending_is_offer: bool,
     resisted: bool,
     unknown_streak: u32,
     outcome: Option<Outcome>,
@@ -213,6 +239,7 @@ impl Session {
             early_transcripts: HashMap::new(),
             pending: None,
             pending_words: String::new(),
+            pending_is_offer: false,
             resisted: false,
             unknown_streak: 0,
             outcome: None,
@@ -372,6 +399,7 @@ impl Session {
             transcript: classification.normalized.clone(),
             intents: classification.intents.clone(),
             reply: Vec::new(),
+            confidence: transcript.confidence(),
         };
         match self.phase {
             Phase::Talking => self.answer(now, flight, &classification, &mut turn),
@@ -442,8 +470,19 @@ impl Session {
                         tracing::info!(call_id = %self.call_id, ?outcome, "second unclear reply in a row: closing");
                         self.close(now, outcome, Vec::new(), &heard.normalized);
                     } else {
-                        let reprompt = self.script.states[self.state].reprompt.clone();
-                        self.play(reprompt);
+                        let state = &self.script.states[self.state];
+                        // A brief reply that may have said "not me" gets the state's own
+                        // question again (是张强先生吗？), not the pitch.
+                        let line = match &state.repeat {
+                            Repeat::Line(question)
+                                if state.brief_unclear_means.is_some()
+                                    && may_be_denial(&heard.normalized) =>
+                            {
+                                question.clone()
+                            }
+                            _ => state.reprompt.clone(),
+                        };
+                        self.play(line);
                     }
                 }
             },
@@ -489,6 +528,7 @@ impl Session {
         if let Some(pending) = transition.pending {
             self.pending = Some(pending);
             self.pending_words = words.to_string();
+            self.pending_is_offer = transition.pending_is_offer;
         }
         if transition.do_not_call_now {
             self.mark_do_not_call(words);
@@ -551,9 +591,12 @@ impl Session {
     ) -> Option<Intent> {
         let brief =
             flight.speech_end.saturating_sub(flight.speech_start) < self.config.brief_reply_ms;
-        (intent == Intent::Unknown && brief && !heard.normalized.is_empty())
-            .then(|| self.script.states[self.state].brief_unclear_means)
-            .flatten()
+        (intent == Intent::Unknown
+            && brief
+            && !heard.normalized.is_empty()
+            && !may_be_denial(&heard.normalized))
+        .then(|| self.script.states[self.state].brief_unclear_means)
+        .flatten()
     }
 
     /// A transcript that arrives after the callee hung up can still name the outcome
@@ -606,14 +649,7 @@ impl Session {
                 early: false,
             },
         );
-        self.on_transcript(
-            now,
-            id,
-            Transcript {
-                text: text.to_string(),
-                no_speech_prob: 0.0,
-            },
-        );
+        self.on_transcript(now, id, Transcript::exact(text));
     }
 
     /// The clip of `Action::Play { play_id, .. }` has finished playing.
@@ -703,9 +739,11 @@ impl Session {
         let outcome = match self.outcome {
             Some(outcome) => outcome,
             None => {
-                let outcome = self.pending.unwrap_or(Outcome::CalleeHangup);
+                // Hanging up on an offer (短信代替电话) is no answer to it.
+                let pending = self.pending.filter(|_| !self.pending_is_offer);
+                let outcome = pending.unwrap_or(Outcome::CalleeHangup);
                 if outcome.adds_to_do_not_call() {
-                    let words = if self.pending.is_some() {
+                    let words = if pending.is_some() {
                         self.pending_words.clone()
                     } else {
                         String::new()
@@ -810,6 +848,18 @@ impl Session {
     fn touch(&mut self, now: Millis) {
         self.idle_since = self.idle_since.max(now);
     }
+}
+
+/// Syllables of a garbled denial or of talk about someone else (不是 → 布施, 没有 → 美有,
+/// 打错了 → 打措了, 他不在 → 塔部在): a brief reply that has one is never read as a yes.
+const DENIAL_SYLLABLES: &[&str] = &["bu", "mei", "bie", "fei", "wu", "mo", "cuo", "ta"];
+
+/// Whether an unreadable reply might say no (or that the callee is someone else).
+fn may_be_denial(normalized: &str) -> bool {
+    normalized
+        .chars()
+        .filter_map(crate::text::fuzzy_syllable)
+        .any(|syllable| DENIAL_SYLLABLES.contains(&syllable.as_str()))
 }
 
 #[cfg(test)]
@@ -1061,6 +1111,50 @@ mod tests {
     }
 
     #[test]
+    fn a_brief_garbled_denial_is_never_a_yes() {
+        // Brief replies with the sound of 不 / 没 / 他 that no rule reads (不谢 → 布鞋, 没有 →
+        // 美油, 他出去了 → 它出): asked again whom he is, no notice.
+        for garbled in ["布鞋", "美油", "它出"] {
+            let mut call = Call::new();
+            assert_eq!(call.say(garbled), lines(&["identity_check"]), "{garbled}");
+            // Still garbled: the call ends without telling a stranger anything.
+            assert_eq!(
+                call.say(garbled),
+                lines(&["closing_no_answer"]),
+                "{garbled}"
+            );
+            assert!(
+                !call
+                    .log
+                    .iter()
+                    .any(|a| matches!(a, Action::Play { line, .. } if line == "notice"))
+            );
+        }
+    }
+
+    #[test]
+    fn hanging_up_on_the_sms_offer_is_no_answer_to_it() {
+        let mut call = Call::new();
+        call.say("是我");
+        assert_eq!(call.say("我在忙，快点"), lines(&["resist_written"]));
+        call.finish_playback();
+        call.session.on_hangup(call.now + 500);
+        call.drain();
+        let summary = call.session.summary().expect("ended");
+        assert_eq!(
+            (summary.outcome, summary.do_not_call),
+            (Outcome::CalleeHangup, true)
+        );
+        // Silence after the offer lets it stand.
+        let mut call = Call::new();
+        call.say("是我");
+        call.say("我在忙，快点");
+        call.finish_playback();
+        call.wait(15_000);
+        assert_eq!(call.outcome(), Some(Outcome::WrittenOnly));
+    }
+
+    #[test]
     fn a_brief_garbled_answer_to_the_identity_question_counts_as_yes() {
         // 1 s of speech read as 吃我饺 (是我，讲 on a bad line): the notice follows.
         let mut call = Call::new();
@@ -1172,14 +1266,7 @@ mod tests {
         );
         session.on_hangup(speech_end + 100);
         assert!(!session.is_ended(), "waits for the transcript");
-        session.on_transcript(
-            speech_end + 500,
-            99,
-            Transcript {
-                text: text.into(),
-                no_speech_prob: 0.0,
-            },
-        );
+        session.on_transcript(speech_end + 500, 99, Transcript::exact(text));
         assert!(session.is_ended());
         session
     }
@@ -1322,14 +1409,7 @@ mod tests {
             1,
             "sent early, before the utterance ended: {actions:?}"
         );
-        session.on_transcript(
-            now,
-            early[0],
-            Transcript {
-                text: "是我".into(),
-                no_speech_prob: 0.0,
-            },
-        );
+        session.on_transcript(now, early[0], Transcript::exact("是我"));
         assert!(
             session.poll_action().is_none(),
             "no answer before the end-of-utterance silence"
@@ -1354,14 +1434,7 @@ mod tests {
         let (now, actions) = feed(&mut session, now, &vec![0; 8 * 400]);
         let early = recognize_ids(&actions);
         assert_eq!(early.len(), 1);
-        session.on_transcript(
-            now,
-            early[0],
-            Transcript {
-                text: "嗯".into(),
-                no_speech_prob: 0.0,
-            },
-        );
+        session.on_transcript(now, early[0], Transcript::exact("嗯"));
         let (now, resumed) = feed(&mut session, now, &voiced(1_000));
         let (now, actions) = feed(&mut session, now, &vec![0; 8 * 800]);
         let fresh = recognize_ids(&actions);
@@ -1389,10 +1462,7 @@ mod tests {
         session.on_transcript(
             now,
             *fresh.last().expect("fresh"),
-            Transcript {
-                text: "嗯，是我，你说".into(),
-                no_speech_prob: 0.0,
-            },
+            Transcript::exact("嗯，是我，你说"),
         );
         let mut turns = 0;
         while let Some(action) = session.poll_action() {

@@ -8,7 +8,10 @@ use renewal_bot::asr::{AsrConfig, RecognizerPool};
 use renewal_bot::audio::clips::ClipLibrary;
 use renewal_bot::dialog::Script;
 use renewal_bot::eval::{
-    self, EvalOptions, manifest::Manifest, report::Report, simulate::Transcribe,
+    self, EvalOptions,
+    manifest::Manifest,
+    report::Report,
+    simulate::{RecognitionClock, Transcribe},
 };
 use renewal_bot::session::SessionConfig;
 
@@ -16,33 +19,129 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn evaluate(manifest: &Path, text_only: bool) -> Report {
-    let manifest = Manifest::load(manifest).expect("fixture manifest loads");
-    let script = Arc::new(Script::load(&root().join("script")).expect("script loads"));
+fn script() -> Arc<Script> {
+    Arc::new(Script::load(&root().join("script")).expect("script loads"))
+}
+
+fn recognizer(script: &Arc<Script>) -> RecognizerPool {
+    let model = root().join(AsrConfig::default_model_path());
+    assert!(
+        model.is_file(),
+        "the whisper model is missing: run models/fetch (or scripts/bootstrap)"
+    );
+    RecognizerPool::start(AsrConfig::for_script(model, script)).expect("model loads")
+}
+
+fn run_manifest(
+    manifest: &Manifest,
+    script: &Arc<Script>,
+    recognizer: Option<&RecognizerPool>,
+    text_only: bool,
+) -> Report {
     let clips = ClipLibrary::load(&root().join("audio")).expect("clips load");
-    let recognizer = (!text_only).then(|| {
-        let model = root().join(AsrConfig::default_model_path());
-        assert!(
-            model.is_file(),
-            "the whisper model is missing: run models/fetch (or scripts/bootstrap)"
-        );
-        RecognizerPool::start(AsrConfig::for_script(model, &script)).expect("model loads")
-    });
     let options = EvalOptions {
         text_only,
         session: SessionConfig::default(),
+        clock: RecognitionClock::default(),
         on_case_done: &|_| {},
     };
-    let report = eval::run(
-        &manifest,
-        &script,
+    eval::run(
+        manifest,
+        script,
         &clips,
-        recognizer.as_ref().map(|r| r as &dyn Transcribe),
+        recognizer.map(|r| r as &dyn Transcribe),
         &options,
     )
-    .expect("eval runs");
+    .expect("eval runs")
+}
+
+fn evaluate(manifest: &Path, text_only: bool) -> Report {
+    let manifest = Manifest::load(manifest).expect("fixture manifest loads");
+    let script = script();
+    let recognizer = (!text_only).then(|| recognizer(&script));
+    let report = run_manifest(&manifest, &script, recognizer.as_ref(), text_only);
     println!("{}", report.render_table());
     report
+}
+
+/// What must not change between runs: each case's outcome and do-not-call state, and each
+/// turn's transcript and intent.
+fn course(report: &Report) -> Vec<String> {
+    report
+        .cases
+        .iter()
+        .map(|case| {
+            let turns: Vec<String> = case
+                .turns
+                .iter()
+                .map(|t| format!("{:?}/{:?}/{}", t.transcript, t.intent, t.reached))
+                .collect();
+            format!(
+                "{}: {:?} dnc {} [{}]",
+                case.name,
+                case.outcome,
+                case.dnc,
+                turns.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// Spins every core until dropped: a busy machine for the second run.
+struct CpuLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl CpuLoad {
+    fn start() -> CpuLoad {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores * 2)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut spins = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        spins = std::hint::black_box(spins.wrapping_add(1));
+                    }
+                    spins
+                })
+            })
+            .collect();
+        CpuLoad { stop, threads }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The call clock waits a modeled recognition time, so a busy machine (decoding several
+/// times slower) changes no outcome, no intent and no transcript.
+#[test]
+fn the_same_manifest_gives_the_same_results_on_a_busy_machine() {
+    let mut manifest = Manifest::load(&root().join("tests/fixtures/blind3/calls.toml"))
+        .expect("fixture manifest loads");
+    manifest.cases.truncate(8);
+    let script = script();
+    let recognizer = recognizer(&script);
+    let quiet = run_manifest(&manifest, &script, Some(&recognizer), false);
+    let busy = {
+        let _load = CpuLoad::start();
+        run_manifest(&manifest, &script, Some(&recognizer), false)
+    };
+    println!(
+        "recognition p50 {} ms quiet, {} ms busy",
+        quiet.summary.recognition_ms.p50, busy.summary.recognition_ms.p50
+    );
+    assert_eq!(course(&quiet), course(&busy));
 }
 
 fn ratio(a: usize, b: usize) -> f64 {

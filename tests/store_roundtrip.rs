@@ -32,6 +32,7 @@ fn turn(start: u64, end: u64, transcript: &str, intents: &[Intent], reply: &[&st
         transcript: transcript.to_string(),
         intents: intents.to_vec(),
         reply: reply.iter().map(|s| s.to_string()).collect(),
+        confidence: None,
     }
 }
 

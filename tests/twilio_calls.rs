@@ -481,6 +481,7 @@ async fn load_every_fixture_call_ten_in_flight() {
         let options = EvalOptions {
             text_only: false,
             session: renewal_bot::session::SessionConfig::default(),
+            clock: Default::default(),
             on_case_done: &|_| {},
         };
         eval::run(

@@ -15,7 +15,7 @@ use crate::session::SessionConfig;
 
 use manifest::Manifest;
 use report::{CaseReport, Report, TurnReport};
-use simulate::{Transcribe, TurnInput};
+use simulate::{Recognition, RecognitionClock, Transcribe, TurnInput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -43,6 +43,8 @@ pub struct EvalOptions<'a> {
     /// Feed every turn's reference text instead of its audio.
     pub text_only: bool,
     pub session: SessionConfig,
+    /// How long the call clock waits for each transcript.
+    pub clock: RecognitionClock,
     /// Called after each case (progress display).
     pub on_case_done: &'a dyn Fn(&CaseReport),
 }
@@ -104,7 +106,11 @@ pub fn run(
     for (case, inputs) in manifest.cases.iter().zip(&inputs) {
         let span = tracing::info_span!("eval_case", call_id = %case.name);
         let _entered = span.enter();
-        let result = simulate::run_case(case, inputs, script, clips, transcriber, &options.session)
+        let recognition = Recognition {
+            transcriber,
+            clock: options.clock,
+        };
+        let result = simulate::run_case(case, inputs, script, clips, recognition, &options.session)
             .map_err(|source| EvalError::Recognition {
                 case: case.name.clone(),
                 source,
@@ -125,6 +131,7 @@ pub fn run(
                 intent: got.intent.map(|i| i.as_str().to_string()),
                 reached: got.reached,
                 reply_latency_ms: got.reply_latency_ms,
+                confidence: got.confidence,
                 audio_fed: turn.audio.is_some() && !(options.text_only && turn.text.is_some()),
             })
             .collect();
@@ -136,6 +143,7 @@ pub fn run(
             dnc: result.do_not_call,
             turns,
             bot_lines: result.bot_lines,
+            recognition_ms: result.recognition_ms,
         };
         (options.on_case_done)(&report);
         cases.push(report);

@@ -1,5 +1,7 @@
 //! The eval report: the JSON of the `scenario.md` contract and a table for people.
 
+use std::collections::BTreeMap;
+
 use comfy_table::{Cell, Color, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
@@ -22,7 +24,35 @@ pub struct Summary {
     /// Character error rate over turns fed as audio (0 when none were).
     pub cer: f64,
     pub reply_latency_ms: Latency,
+    /// Measured wall time of each whisper decoding (the call clock uses a modeled time).
+    pub recognition_ms: Latency,
+    /// Mean recognizer confidence over turns fed as audio.
+    pub mean_confidence: Option<f32>,
+    /// Per intent label: how often it was given rightly, and how often it was found.
+    pub intents: BTreeMap<String, IntentScore>,
+    /// Expected label → label given → turns. A turn with several acceptable labels counts
+    /// under the one given when that was acceptable, else under its first. Turns the call
+    /// never reached count as `not_reached`.
+    pub confusion: BTreeMap<String, BTreeMap<String, usize>>,
 }
+
+/// Precision and recall of one intent label over a report's turns.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct IntentScore {
+    /// Turns whose expected label is this one.
+    pub support: usize,
+    /// Turns given this label.
+    pub given: usize,
+    /// Turns given this label where it was acceptable.
+    pub correct_given: usize,
+    /// Turns expected to be this label that got it.
+    pub found: usize,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+}
+
+/// What a turn reports when the call never got to it.
+pub const NOT_REACHED: &str = "not_reached";
 
 #[derive(Debug, Clone, Copy, Serialize, Default)]
 pub struct Latency {
@@ -40,6 +70,9 @@ pub struct CaseReport {
     pub turns: Vec<TurnReport>,
     #[serde(skip)]
     pub bot_lines: Vec<String>,
+    /// Wall time of each decoding in the call (ms).
+    #[serde(skip)]
+    pub recognition_ms: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +84,8 @@ pub struct TurnReport {
     pub intent: Option<String>,
     pub reached: bool,
     pub reply_latency_ms: Option<u64>,
+    /// The recognizer's confidence (0–1) in the transcript the turn was decided on.
+    pub confidence: Option<f32>,
     #[serde(skip)]
     pub audio_fed: bool,
 }
@@ -74,6 +109,25 @@ impl Summary {
 }
 
 impl TurnReport {
+    /// The label given, or `not_reached`.
+    pub fn given_label(&self) -> &str {
+        match (&self.intent, self.reached) {
+            (Some(intent), true) => intent,
+            (None, true) => "unknown",
+            (_, false) => NOT_REACHED,
+        }
+    }
+
+    /// The expected label this turn counts under (see `Summary::confusion`).
+    pub fn expected_label(&self) -> &str {
+        let given = self.given_label();
+        self.expected_intent
+            .iter()
+            .find(|e| e.as_str() == given)
+            .or(self.expected_intent.first())
+            .map_or("unknown", String::as_str)
+    }
+
     pub fn intent_correct(&self) -> bool {
         self.reached
             && self
@@ -91,6 +145,51 @@ impl CaseReport {
     pub fn dnc_correct(&self) -> Option<bool> {
         self.expected_dnc.map(|expected| expected == self.dnc)
     }
+}
+
+/// A column title short enough for the confusion matrix (ask_close_account → ask_clo_acc).
+fn abbreviate(label: &str) -> String {
+    label
+        .split('_')
+        .map(|part| part.chars().take(3).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+type Confusion = BTreeMap<String, BTreeMap<String, usize>>;
+
+/// Per-label scores and the confusion matrix of `turns`.
+fn intent_scores(turns: &[&TurnReport]) -> (BTreeMap<String, IntentScore>, Confusion) {
+    let mut scores: BTreeMap<String, IntentScore> = BTreeMap::new();
+    let mut confusion: Confusion = BTreeMap::new();
+    for turn in turns {
+        let expected = turn.expected_label().to_string();
+        let given = turn.given_label().to_string();
+        let correct = turn.intent_correct();
+        *confusion
+            .entry(expected.clone())
+            .or_default()
+            .entry(given.clone())
+            .or_default() += 1;
+        let row = scores.entry(expected).or_default();
+        row.support += 1;
+        if correct {
+            row.found += 1;
+        }
+        if given != NOT_REACHED {
+            let column = scores.entry(given).or_default();
+            column.given += 1;
+            if correct {
+                column.correct_given += 1;
+            }
+        }
+    }
+    let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
+    for score in scores.values_mut() {
+        score.precision = ratio(score.correct_given, score.given);
+        score.recall = ratio(score.found, score.support);
+    }
+    (scores, confusion)
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -117,6 +216,17 @@ impl Report {
             .fold((0usize, 0usize), |(e, r), (te, tr)| (e + te, r + tr));
         let mut latencies: Vec<u64> = turns.iter().filter_map(|t| t.reply_latency_ms).collect();
         latencies.sort_unstable();
+        let mut decodings: Vec<u64> = cases
+            .iter()
+            .flat_map(|c| c.recognition_ms.iter().copied())
+            .collect();
+        decodings.sort_unstable();
+        let confidences: Vec<f32> = turns
+            .iter()
+            .filter(|t| t.audio_fed)
+            .filter_map(|t| t.confidence)
+            .collect();
+        let (intents, confusion) = intent_scores(&turns);
         let summary = Summary {
             cases: cases.len(),
             outcome_correct: cases.iter().filter(|c| c.outcome_correct()).count(),
@@ -136,8 +246,57 @@ impl Report {
                 p50: percentile(&latencies, 50.0),
                 p95: percentile(&latencies, 95.0),
             },
+            recognition_ms: Latency {
+                p50: percentile(&decodings, 50.0),
+                p95: percentile(&decodings, 95.0),
+            },
+            mean_confidence: (!confidences.is_empty())
+                .then(|| confidences.iter().sum::<f32>() / confidences.len() as f32),
+            intents,
+            confusion,
         };
         Report { summary, cases }
+    }
+
+    /// The reports of several manifests as one (their cases in order).
+    pub fn merge(reports: Vec<Report>) -> Report {
+        Report::from_cases(reports.into_iter().flat_map(|r| r.cases).collect())
+    }
+
+    /// Per-intent precision and recall, then the confusion matrix (rows: expected).
+    pub fn render_intent_scores(&self) -> String {
+        let s = &self.summary;
+        let mut scores = Table::new();
+        scores.load_preset(UTF8_FULL_CONDENSED);
+        scores.set_header(["intent", "expected", "given", "precision", "recall"]);
+        let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        for (label, score) in &s.intents {
+            scores.add_row(vec![
+                label.clone(),
+                score.support.to_string(),
+                score.given.to_string(),
+                shown(score.precision),
+                shown(score.recall),
+            ]);
+        }
+        let mut given: Vec<&String> = s.confusion.values().flat_map(|row| row.keys()).collect();
+        given.sort_unstable();
+        given.dedup();
+        let mut matrix = Table::new();
+        matrix.load_preset(UTF8_FULL_CONDENSED);
+        let mut header = vec!["expected \\ given".to_string()];
+        header.extend(given.iter().map(|g| abbreviate(g)));
+        matrix.set_header(header);
+        for (expected, row) in &s.confusion {
+            let mut cells = vec![expected.clone()];
+            cells.extend(given.iter().map(|g| match row.get(*g) {
+                Some(n) if *g == expected => format!("[{n}]"),
+                Some(n) => n.to_string(),
+                None => String::new(),
+            }));
+            matrix.add_row(cells);
+        }
+        format!("{scores}\nconfusion matrix (rows: expected, columns: given)\n{matrix}\n")
     }
 
     /// Per-case table plus the summary, for a terminal.
@@ -199,7 +358,8 @@ impl Report {
              intent accuracy   {:.3}  ({}/{} turns)\n\
              do-not-call       {}/{} right\n\
              CER               {:.3}\n\
-             reply latency     p50 {} ms, p95 {} ms\n",
+             reply latency     p50 {} ms, p95 {} ms\n\
+             recognition       p50 {} ms, p95 {} ms (wall time; the call clock is modeled)\n",
             ratio(s.outcome_correct, s.cases),
             s.outcome_correct,
             s.cases,
@@ -211,6 +371,8 @@ impl Report {
             s.cer,
             s.reply_latency_ms.p50,
             s.reply_latency_ms.p95,
+            s.recognition_ms.p50,
+            s.recognition_ms.p95,
         )
     }
 }
@@ -237,8 +399,46 @@ mod tests {
             intent: intent.map(str::to_string),
             reached,
             reply_latency_ms: Some(400),
+            confidence: Some(0.5),
             audio_fed: true,
         }
+    }
+
+    #[test]
+    fn precision_recall_and_confusion_count_each_turn_once() {
+        let case = CaseReport {
+            name: "c".into(),
+            expected_outcome: "declined".into(),
+            outcome: Some("declined".into()),
+            expected_dnc: Some(true),
+            dnc: true,
+            turns: vec![
+                turn(Some("decline"), &["decline"], true),
+                turn(Some("decline"), &["self_service"], true),
+                turn(Some("do_not_call"), &["decline", "do_not_call"], true),
+                turn(None, &["decline"], false),
+            ],
+            bot_lines: vec![],
+            recognition_ms: vec![300, 500],
+        };
+        let report = Report::from_cases(vec![case]);
+        let s = &report.summary;
+        let decline = s.intents["decline"];
+        // Given twice, right once; expected three times (the do_not_call turn counts as
+        // do_not_call, which was acceptable), found once.
+        assert_eq!((decline.given, decline.correct_given), (2, 1));
+        assert_eq!((decline.support, decline.found), (2, 1));
+        assert_eq!(decline.precision, Some(0.5));
+        assert_eq!(s.intents["do_not_call"].precision, Some(1.0));
+        assert_eq!(s.intents["self_service"].recall, Some(0.0));
+        assert_eq!(s.confusion["self_service"]["decline"], 1);
+        assert_eq!(s.confusion["decline"][NOT_REACHED], 1);
+        assert_eq!(s.recognition_ms.p50, 300);
+        let table = report.render_intent_scores();
+        assert!(
+            table.contains("[1]") && table.contains("not_rea"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -255,6 +455,7 @@ mod tests {
                 turn(Some("decline"), &["decline"], false),
             ],
             bot_lines: vec![],
+            recognition_ms: vec![],
         };
         let report = Report::from_cases(vec![case]);
         let s = &report.summary;
@@ -292,9 +493,12 @@ mod tests {
             "intent",
             "reached",
             "reply_latency_ms",
+            "confidence",
         ] {
             assert!(!t[key].is_null(), "{key}");
         }
+        assert!(json["summary"]["intents"]["decline"]["precision"].is_number());
+        assert!(json["summary"]["confusion"]["decline"]["decline"].is_number());
         assert!(t.get("audio_fed").is_none());
         assert!(report.render_table().contains("outcome accuracy  1.000"));
     }

@@ -1,7 +1,9 @@
 //! Plays one recorded case through a real `Session` on a virtual clock: the callee's turns
 //! go in as 20 ms telephone frames about 400 ms after 李明 stops talking, 李明's clips
-//! "play" for their real length, and recognition runs for real, its wall time added to the
-//! call time so reply latency is what a caller would hear.
+//! "play" for their real length, and recognition runs for real. The call clock advances by
+//! a modeled recognition time, not the measured one, so the same manifest gives the same
+//! outcomes however busy the machine is; reply latency swaps the modeled time back for the
+//! measured wall time, so it is still what a caller would hear.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,6 +25,37 @@ pub const ANSWER_GAP_MS: Millis = 400;
 /// long after it the text is handed over (standing in for endpointing).
 const TEXT_MS_PER_CHAR: Millis = 220;
 const TEXT_ENDPOINT_MS: Millis = 500;
+
+/// How long the simulated call waits for each transcript. A fixed model keeps the call's
+/// course (where utterances are cut, which turns are reached) independent of machine load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecognitionClock {
+    /// Every transcript arrives this long (call time, ms) after its utterance was sent.
+    Modeled(u64),
+    /// The measured wall time of each decoding (the course depends on machine load).
+    WallTime,
+}
+
+/// Near the median decoding time of whisper base (q8_0, 2 cores) on the fixtures' turns
+/// with early recognition (measured in the eval report's `recognition_ms`).
+pub const MODELED_RECOGNITION_MS: u64 = 450;
+
+impl Default for RecognitionClock {
+    fn default() -> Self {
+        RecognitionClock::Modeled(MODELED_RECOGNITION_MS)
+    }
+}
+
+impl RecognitionClock {
+    /// Call time a transcript takes to arrive, given the measured wall time.
+    fn delay_ms(self, measured_ms: u64) -> u64 {
+        match self {
+            RecognitionClock::Modeled(ms) => ms,
+            RecognitionClock::WallTime => measured_ms,
+        }
+        .max(1)
+    }
+}
 
 /// Turns an utterance into text and says how long that took (wall time, ms).
 pub trait Transcribe {
@@ -50,6 +83,8 @@ pub struct TurnOutcome {
     pub transcript: Option<String>,
     pub intent: Option<Intent>,
     pub reply_latency_ms: Option<u64>,
+    /// The recognizer's confidence in the transcript the turn was decided on (0–1).
+    pub confidence: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +95,8 @@ pub struct CaseOutcome {
     /// Lines 李明 said, in order (for reading a failed case).
     pub bot_lines: Vec<String>,
     pub call_ms: Millis,
+    /// Measured wall time of every decoding in the call (ms).
+    pub recognition_ms: Vec<u64>,
 }
 
 /// Converts audio at any rate to what the phone line carries: 8 kHz, through μ-law.
@@ -91,6 +128,14 @@ pub fn speech_end_ms(samples_8k: &[i16]) -> u64 {
         .map_or(0, |i| (i as u64 + 1) * FRAME_MS)
 }
 
+/// A transcript on its way back from the recognizer.
+struct Pending {
+    due: Millis,
+    utterance: u64,
+    transcript: Transcript,
+    wall_minus_clock_ms: i64,
+}
+
 struct Playing {
     play_id: PlayId,
     remaining_ms: Millis,
@@ -110,7 +155,14 @@ struct TextTurn {
     text: String,
 }
 
-type Record = (TurnRecord, Option<PlayId>, Option<usize>);
+/// A turn record with the first play of its reply, its text turn (text mode) and how much
+/// longer (ms, may be negative) its recognition really took than the call clock allowed.
+struct Record {
+    turn: TurnRecord,
+    first_reply: Option<PlayId>,
+    text_turn: Option<usize>,
+    wall_minus_clock_ms: i64,
+}
 
 /// The simulated line: the session, 李明's playback and the recognizer's pending answers.
 struct Line<'a> {
@@ -118,10 +170,14 @@ struct Line<'a> {
     now: Millis,
     clips: &'a ClipLibrary,
     transcriber: Option<&'a dyn Transcribe>,
+    clock: RecognitionClock,
     queue: VecDeque<Playing>,
     started: HashMap<PlayId, Millis>,
-    /// (delivered at call time, utterance, transcript)
-    transcripts: Vec<(Millis, u64, Transcript)>,
+    transcripts: Vec<Pending>,
+    /// While a transcript is being handed over: its wall-minus-clock time, for the records
+    /// it produces.
+    delivering_skew_ms: i64,
+    recognition_ms: Vec<u64>,
     /// Each turn record with the first play of its reply and, for text turns, its index.
     records: Vec<Record>,
     plays_since_turn: Vec<PlayId>,
@@ -157,12 +213,18 @@ impl Line<'_> {
                         )
                     })?;
                     let (transcript, decode_ms) = transcriber.transcribe(audio_16k)?;
-                    self.transcripts
-                        .push((self.now + decode_ms.max(1), utterance, transcript));
+                    let delay = self.clock.delay_ms(decode_ms);
+                    self.recognition_ms.push(decode_ms);
+                    self.transcripts.push(Pending {
+                        due: self.now + delay,
+                        utterance,
+                        transcript,
+                        wall_minus_clock_ms: decode_ms as i64 - delay as i64,
+                    });
                 }
                 Action::CancelRecognition { utterance } => {
                     // Recognition here is done at once; only its result can be dropped.
-                    self.transcripts.retain(|(_, id, _)| *id != utterance);
+                    self.transcripts.retain(|p| p.utterance != utterance);
                 }
                 Action::Turn(record) => {
                     // The session queues a turn's reply just before the turn itself.
@@ -172,7 +234,12 @@ impl Line<'_> {
                     };
                     self.plays_since_turn.clear();
                     let text_turn = self.text_turn_of_next_record.take();
-                    self.records.push((record, first_reply, text_turn));
+                    self.records.push(Record {
+                        turn: record,
+                        first_reply,
+                        text_turn,
+                        wall_minus_clock_ms: self.delivering_skew_ms,
+                    });
                 }
                 Action::DoNotCall { .. } => self.do_not_call = true,
                 Action::HangUp => self.hung_up = true,
@@ -183,12 +250,17 @@ impl Line<'_> {
 
     /// Hands over transcripts whose decoding has finished by now.
     fn deliver_transcripts(&mut self) -> Result<bool, AsrError> {
-        self.transcripts.sort_by_key(|t| t.0);
+        // Stable: transcripts due at the same time arrive in the order they were sent.
+        self.transcripts.sort_by_key(|p| p.due);
         let mut delivered = false;
-        while self.transcripts.first().is_some_and(|t| t.0 <= self.now) {
-            let (_, utterance, transcript) = self.transcripts.remove(0);
-            self.session.on_transcript(self.now, utterance, transcript);
-            self.drain()?;
+        while self.transcripts.first().is_some_and(|p| p.due <= self.now) {
+            let pending = self.transcripts.remove(0);
+            self.delivering_skew_ms = pending.wall_minus_clock_ms;
+            self.session
+                .on_transcript(self.now, pending.utterance, pending.transcript);
+            let drained = self.drain();
+            self.delivering_skew_ms = 0;
+            drained?;
             delivered = true;
         }
         Ok(delivered)
@@ -233,23 +305,34 @@ impl Line<'_> {
     }
 }
 
-/// Runs `case` with `inputs` (one per turn). `transcriber` is required for audio turns.
+/// The recognizer a case runs with, and how the call clock waits for it.
+#[derive(Clone, Copy)]
+pub struct Recognition<'a> {
+    /// Required for audio turns.
+    pub transcriber: Option<&'a dyn Transcribe>,
+    pub clock: RecognitionClock,
+}
+
+/// Runs `case` with `inputs` (one per turn).
 pub fn run_case(
     case: &Case,
     inputs: &[TurnInput],
     script: &Arc<Script>,
     clips: &ClipLibrary,
-    transcriber: Option<&dyn Transcribe>,
+    recognition: Recognition,
     config: &SessionConfig,
 ) -> Result<CaseOutcome, AsrError> {
     let mut line = Line {
         session: Session::new(&case.name, Arc::clone(script), config.clone()),
         now: 0,
         clips,
-        transcriber,
+        transcriber: recognition.transcriber,
+        clock: recognition.clock,
         queue: VecDeque::new(),
         started: HashMap::new(),
         transcripts: Vec::new(),
+        delivering_skew_ms: 0,
+        recognition_ms: Vec::new(),
         records: Vec::new(),
         plays_since_turn: Vec::new(),
         text_turn_of_next_record: None,
@@ -367,6 +450,7 @@ pub fn run_case(
         turns,
         bot_lines: line.bot_lines,
         call_ms: line.now,
+        recognition_ms: line.recognition_ms,
     })
 }
 
@@ -379,8 +463,8 @@ fn attribute(
 ) -> Vec<TurnOutcome> {
     let mut per_turn: Vec<Vec<&Record>> = vec![Vec::new(); windows.len()];
     for entry in records {
-        let (record, _, text_turn) = entry;
-        let turn = text_turn.or_else(|| {
+        let record = &entry.turn;
+        let turn = entry.text_turn.or_else(|| {
             windows
                 .iter()
                 .enumerate()
@@ -410,21 +494,24 @@ fn attribute(
             }
             let chosen = entries
                 .iter()
-                .find(|(r, _, _)| r.intents.first().is_some_and(|i| i.is_decisive()))
-                .or_else(|| entries.iter().find(|(r, _, _)| !r.reply.is_empty()))
+                .find(|r| r.turn.intents.first().is_some_and(|i| i.is_decisive()))
+                .or_else(|| entries.iter().find(|r| !r.turn.reply.is_empty()))
                 .unwrap_or(&entries[0]);
-            let (record, first_reply, _) = chosen;
-            let transcript: String = entries
-                .iter()
-                .map(|(r, _, _)| r.transcript.as_str())
-                .collect();
+            let record = &chosen.turn;
+            let transcript: String = entries.iter().map(|r| r.turn.transcript.as_str()).collect();
             TurnOutcome {
                 reached: true,
                 transcript: Some(transcript),
                 intent: record.intents.first().copied(),
-                reply_latency_ms: first_reply
+                reply_latency_ms: chosen
+                    .first_reply
                     .and_then(|id| started.get(&id))
-                    .map(|&at| at.saturating_sub(speech_end.unwrap_or(record.speech_end))),
+                    .map(|&at| {
+                        let on_clock =
+                            at.saturating_sub(speech_end.unwrap_or(record.speech_end)) as i64;
+                        (on_clock + chosen.wall_minus_clock_ms).max(0) as u64
+                    }),
+                confidence: record.confidence,
             }
         })
         .collect()

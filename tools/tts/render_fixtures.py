@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Renders the callee fixtures: tests/fixtures/calls.toml (+ wav/),
 tests/fixtures/holdout/calls.toml (+ wav/), tests/fixtures/blind/calls.toml (+ wav/),
-tests/fixtures/blind2/calls.toml (+ wav/) and tests/fixtures/blind3/calls.toml (+ wav/) from
-tools/tts/fixtures.toml.
+tests/fixtures/blind2/calls.toml (+ wav/), tests/fixtures/blind3/calls.toml (+ wav/) and
+tests/fixtures/blind4/calls.toml (+ wav/) from tools/tts/fixtures.toml.
 
 Every case is checked against the dialog policy before anything is rendered: the expected
 outcome in fixtures.toml must be what script/dialog.toml + shared/scenario.md give for the
@@ -17,8 +17,16 @@ telephone round trip (8 kHz, 300–3400 Hz band-pass, G.711 μ-law encode+decode
 16-bit PCM mono WAV at the case's rate (8 kHz, or 16 kHz upsampled from the 8 kHz line).
 Unchanged turns are not re-rendered (cache in tools/tts/.cache/fixtures-cache.json).
 
+Optional per-case options (cases without them render exactly as before):
+  pitch = -2.0      semitones, by resampling (Kokoro speed compensated, so the length stays)
+  level_db = -14.0  speech peak in dBFS before noise and line (default: random -9..-2)
+  noise = "street:14"  kinds white, pink, babble, street (kind:SNR dB)
+  codec = "gsm"     GSM 06.10 round trip (sox) on the 8 kHz line, before the μ-law leg
+  loss = 2.0        packet loss in percent of the speech's 20 ms frames (seeded from the case name),
+  loss_fill = "repeat"   lost frames become silence (default) or repeat the frame before
+
 Usage: tools/tts/.cache/venv/bin/python tools/tts/render_fixtures.py [--check]
-       [--set main|holdout|blind|blind2|blind3]...   (default: all sets; every set is validated either way)
+       [--set main|holdout|blind|blind2|blind3|blind4]...   (default: all sets; every set is validated either way)
 """
 from __future__ import annotations
 
@@ -38,15 +46,19 @@ REPO = ttslib.REPO
 DATA = ttslib.HERE / "fixtures.toml"
 CACHE_FILE = ttslib.CACHE / "fixtures-cache.json"
 RENDER_VERSION = 3  # bump to re-render every turn after changing the audio chain
+EXTRA_VERSION = 1  # bump to re-render the turns of cases with EXTRA_OPTIONS (their chain changed)
 PAD_S = 0.3
 LI_MING = "zm_yunjian"
 # Fixture sets in fixtures.toml (`[[main]]`, `[[holdout]]`, `[[blind]]`, `[[blind2]]`,
-# `[[blind3]]`) and where each is rendered, under tests/fixtures/. A set may share no
-# sentence and no voice with the sets listed before it.
+# `[[blind3]]`, `[[blind4]]`) and where each is rendered, under tests/fixtures/. A set may
+# share no sentence and no voice with the sets listed before it.
 SETS = {"main": "", "holdout": "holdout", "blind": "blind", "blind2": "blind2",
-        "blind3": "blind3"}
+        "blind3": "blind3", "blind4": "blind4"}
 SET_TITLES = {"main": "main", "holdout": "held-out", "blind": "blind", "blind2": "second blind",
-              "blind3": "third blind"}
+              "blind3": "third blind", "blind4": "fourth blind"}
+NOISE_KINDS = ("white", "pink", "babble", "street")
+# Optional rendering options of a case (absent = the original chain, byte for byte).
+EXTRA_OPTIONS = ("pitch", "level_db", "codec", "loss", "loss_fill")
 
 OUTCOMES = ["self_service", "declined", "do_not_call", "written_only", "closing_account",
             "hostile", "callee_hangup", "no_response", "wrong_person", "max_duration"]
@@ -108,6 +120,7 @@ def simulate(policy: Policy, case: dict, turns: list[dict], clip_ms: dict[str, i
              speech_s: list[float] | None = None):
     """Walks the dialog policy. Returns (outcome, error or None, timing dict)."""
     state, pending, last = policy.start, None, list(policy.opening)
+    offer_only = False  # the pending outcome was only offered: a hang-up does not accept it
     unknowns = 0
     bounds = {"min": REPLY_MIN_S, "nom": REPLY_NOM_S, "max": REPLY_MAX_S}
     t = {b: sum(clip_ms[l] for l in policy.opening) / 1000 for b in bounds}
@@ -134,8 +147,9 @@ def simulate(policy: Policy, case: dict, turns: list[dict], clip_ms: dict[str, i
             if tr is None:
                 return None, f"turn {i + 1}: no transition for {intent} in state {state}", {}
             say = list(tr.get("say", []))
-            if tr.get("pending"):
-                pending = tr["pending"]
+            if tr.get("pending") or tr.get("offered"):
+                pending = tr.get("pending") or tr["offered"]
+                offer_only = "offered" in tr
             if "end" in tr:
                 end = pending if (tr.get("end_with_pending") and pending) else tr["end"]
             else:
@@ -155,7 +169,7 @@ def simulate(policy: Policy, case: dict, turns: list[dict], clip_ms: dict[str, i
     if case["outcome"] == "max_duration":
         return "max_duration", None, timing
     if tail == "hangup":
-        return pending or "callee_hangup", None, timing
+        return (None if offer_only else pending) or "callee_hangup", None, timing
     return pending or "no_response", None, timing
 
 
@@ -214,17 +228,64 @@ def noise(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
         w = np.fft.irfft(f * scale, n)
         t = np.arange(n) / ttslib.SAMPLE_RATE
         w = w * (0.6 + 0.4 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
+    elif kind == "street":
+        w = street_noise(rng, w)
     return (w / (np.sqrt(np.mean(w ** 2)) or 1.0)).astype(np.float32)
 
 
+def street_noise(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+    """Kerbside noise from white noise `w`: a steady traffic bed (brown-ish, most energy
+    below 1 kHz), cars passing by (band noise swelling and fading over 1-3 s) and now and
+    then a short two-tone horn."""
+    sr = ttslib.SAMPLE_RATE
+    n = w.size
+    t = np.arange(n) / sr
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    f = np.fft.rfft(w)
+    bed = np.fft.irfft(f / np.maximum(freqs, 60.0) * (freqs < 4000), n)
+    bed /= np.sqrt(np.mean(bed ** 2)) or 1.0
+    hiss = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * ((freqs > 250) & (freqs < 3200)), n)
+    hiss /= np.sqrt(np.mean(hiss ** 2)) or 1.0
+    env = np.zeros(n)
+    dur = n / sr
+    for _ in range(int(rng.integers(1, 3 + int(dur // 2)))):
+        c, width = rng.uniform(-0.5, dur + 0.5), rng.uniform(0.5, 1.4)
+        env += rng.uniform(0.8, 2.0) * np.exp(-0.5 * ((t - c) / width) ** 2)
+    out = bed + hiss * (0.25 + env)
+    if rng.uniform() < 0.5:  # a horn somewhere in the clip
+        start = rng.uniform(0, max(0.01, dur - 0.5))
+        length = rng.uniform(0.2, 0.45)
+        m = (t >= start) & (t < start + length)
+        f0 = rng.uniform(380, 470)
+        tone = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in (1, 2, 3)) + \
+            sum(np.sin(2 * np.pi * f0 * 1.25 * h * t) / h for h in (1, 2, 3))
+        ramp = np.clip(np.minimum(t - start, start + length - t) / 0.02, 0, 1)
+        out = out + 1.5 * tone * ramp * m
+    return out
+
+
 def render_turn(k: ttslib.Kokoro, text: str, voice: str, speed: float, noise_spec: str | None,
-                rate: int, seed: int) -> tuple[np.ndarray, float]:
+                rate: int, seed: int, extra: dict | None = None,
+                loss_seed: int = 0) -> tuple[np.ndarray, float]:
+    """One callee turn. `extra` holds the case's optional options (EXTRA_OPTIONS); without
+    them the chain and its random draws are exactly the original ones."""
+    extra = extra or {}
     rng = np.random.default_rng(seed)
     sr = ttslib.SAMPLE_RATE
-    a = k.synth(text, voice_style(k, voice), speed, sentence_pause=0.15)
+    pitch = float(extra.get("pitch") or 0.0)
+    if pitch:
+        # resampling shortens the speech by the pitch ratio: synthesize slower to keep it
+        r = float(ttslib.pitch_ratio(pitch))
+        a = k.synth(text, voice_style(k, voice), speed / r, sentence_pause=0.15)
+        a = ttslib.pitch_shift(a, pitch)
+    else:
+        a = k.synth(text, voice_style(k, voice), speed, sentence_pause=0.15)
     a = ttslib.trim_silence(a, sr, keep_ms=20)
     speech_s = a.size / sr
-    a = ttslib.normalize_peak(a, float(rng.uniform(-9.0, -2.0)))
+    level = float(rng.uniform(-9.0, -2.0))  # always drawn, so the noise draws stay the same
+    if extra.get("level_db") is not None:
+        level = float(extra["level_db"])
+    a = ttslib.normalize_peak(a, level)
     pad = np.zeros(int(PAD_S * sr), np.float32)
     a = np.concatenate([pad, a, pad])
     if noise_spec:
@@ -236,7 +297,12 @@ def render_turn(k: ttslib.Kokoro, text: str, voice: str, speed: float, noise_spe
     x = ttslib.resample(a, sr, 8000)
     x = ttslib.bandpass(x, 8000, 300.0, 3400.0)
     x = np.clip(x, -1.0, 1.0)
+    if extra.get("codec") == "gsm":  # mobile leg before the G.711 trunk
+        x = ttslib.gsm_roundtrip(x)
     pcm = ttslib.mulaw_decode(ttslib.mulaw_encode(x)).astype(np.float32) / 32768.0
+    if extra.get("loss"):
+        pcm, _ = ttslib.packet_loss(pcm, 8000, float(extra["loss"]), np.random.default_rng(loss_seed),
+                                    extra.get("loss_fill", "silence"))
     if rate != 8000:
         pcm = ttslib.resample(pcm, 8000, rate)
     return pcm, speech_s
@@ -278,6 +344,7 @@ def validate(policy: Policy, cases: list[dict], clip_ms: dict[str, int], set_nam
             for l in t["intents"]:
                 if l not in INTENTS:
                     errors.append(f"{name}: unknown intent {l}")
+        errors += check_options(c)
         if errors:
             continue
         sp = speech.get(name) if speech else None
@@ -308,6 +375,36 @@ def validate(policy: Policy, cases: list[dict], clip_ms: dict[str, int], set_nam
     return errors
 
 
+def check_options(c: dict) -> list[str]:
+    """The case's rendering options are in range (they are all optional)."""
+    name, errs = c["name"], []
+    if int(c.get("rate", 8000)) not in (8000, 16000):
+        errs.append(f"{name}: rate must be 8000 or 16000")
+    if c.get("noise"):
+        kind, _, snr = str(c["noise"]).partition(":")
+        if kind not in NOISE_KINDS:
+            errs.append(f"{name}: noise kind {kind} is not one of {', '.join(NOISE_KINDS)}")
+        try:
+            float(snr or 25)
+        except ValueError:
+            errs.append(f"{name}: noise SNR {snr!r} is not a number")
+    if c.get("pitch") is not None and not -4.0 <= float(c["pitch"]) <= 4.0:
+        errs.append(f"{name}: pitch must be within ±4 semitones")
+    if c.get("level_db") is not None and not -30.0 <= float(c["level_db"]) <= 0.0:
+        errs.append(f"{name}: level_db must be within -30..0 dBFS")
+    if c.get("codec") is not None and c["codec"] != "gsm":
+        errs.append(f"{name}: codec must be \"gsm\" (or absent)")
+    if c.get("loss") is not None and not 0.0 < float(c["loss"]) <= 5.0:
+        errs.append(f"{name}: loss must be within 0..5 percent")
+    if c.get("loss_fill") is not None and c["loss_fill"] not in ("silence", "repeat"):
+        errs.append(f"{name}: loss_fill must be silence or repeat")
+    return errs
+
+
+def case_extra(c: dict) -> dict:
+    return {o: c[o] for o in EXTRA_OPTIONS if c.get(o) is not None}
+
+
 def write_manifest(path: Path, cases: list[dict], header: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(header)
@@ -317,8 +414,9 @@ def write_manifest(path: Path, cases: list[dict], header: str) -> None:
             f.write(f"outcome = {ttslib.toml_str(c['outcome'])}\n")
             f.write(f"dnc = {'true' if c['dnc'] else 'false'}\n")
             f.write(f"end = {ttslib.toml_str(c.get('end', 'silent'))}\n")
+            extra = "".join(f", {o} {v}" for o, v in case_extra(c).items())
             f.write(f"# voice {c['voice']}, speed {c['speed']}, noise {c.get('noise') or 'none'}, "
-                    f"{c.get('rate', 8000)} Hz\n")
+                    f"{c.get('rate', 8000)} Hz{extra}\n")
             for t in c["turns_parsed"]:
                 f.write("[[case.turn]]\n")
                 f.write(f"audio = {ttslib.toml_str(t['audio'])}\n")
@@ -390,8 +488,11 @@ def main() -> int:
                 seed = int(hashlib.sha256(f"{s}/{c['name']}/{i}".encode()).hexdigest()[:8], 16)
                 # small deterministic per-turn speed jitter around the case's speed
                 sp = round(min(1.3, max(0.85, speed + ((seed % 7) - 3) * 0.015)), 3)
-                key = json.dumps([RENDER_VERSION, t["text"], voice, sp, c.get("noise"), rate, seed],
-                                 ensure_ascii=False)
+                extra = case_extra(c)
+                key_parts = [RENDER_VERSION, t["text"], voice, sp, c.get("noise"), rate, seed]
+                if extra:  # only cases with options get a longer key (old cache entries stay valid)
+                    key_parts.append({"extra_version": EXTRA_VERSION, **extra})
+                key = json.dumps(key_parts, ensure_ascii=False, sort_keys=True)
                 ck = str(path.relative_to(REPO))
                 if path.exists() and cache.get(ck, {}).get("key") == key and \
                         cache[ck].get("sha256") == ttslib.sha256_file(path):
@@ -399,7 +500,9 @@ def main() -> int:
                     continue
                 if k is None:
                     k = ttslib.Kokoro()
-                pcm, speech_s = render_turn(k, t["text"], voice, sp, c.get("noise"), rate, seed)
+                loss_seed = int(hashlib.sha256(f"loss/{c['name']}/{i}".encode()).hexdigest()[:8], 16)
+                pcm, speech_s = render_turn(k, t["text"], voice, sp, c.get("noise"), rate, seed,
+                                            extra, loss_seed)
                 ttslib.write_pcm16_wav(path, rate, pcm)
                 cache[ck] = {"key": key, "sha256": ttslib.sha256_file(path), "speech_s": speech_s}
                 speech[c["name"]].append(speech_s)
@@ -443,6 +546,12 @@ def main() -> int:
                        "tests/fixtures/phrasings.txt or any other set's sentences; voice blends not "
                        "used in the other sets. For measuring generalization only: never tune rules "
                        "on it.\n")
+        elif s == "blind4":
+            header += ("# Fourth blind set: written without looking at the bot's rules (script/, src/), "
+                       "tests/fixtures/phrasings.txt or any other set's sentences; voice blends not "
+                       "used in the other sets. Some cases add a pitch shift, a GSM 06.10 leg, 20 ms "
+                       "packet loss, street/babble noise or a set level (see the comment above each "
+                       "case). For measuring generalization only: never tune rules on it.\n")
         write_manifest(out_dir / "calls.toml", cases, header)
         n_turns = sum(len(c["turns_parsed"]) for c in cases)
         print(f"{s}: wrote {out_dir / 'calls.toml'} ({len(cases)} cases, {n_turns} turns)")

@@ -234,3 +234,75 @@ def sha256_file(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- line impairments
+# Used by render_fixtures.py for the cases that ask for them (all optional, all deterministic).
+
+def pitch_ratio(semitones: float) -> "Fraction":
+    """The resampling ratio of a pitch shift, as a small fraction (exact and repeatable)."""
+    from fractions import Fraction
+
+    return Fraction(2 ** (float(semitones) / 12)).limit_denominator(200)
+
+
+def pitch_shift(audio: np.ndarray, semitones: float) -> np.ndarray:
+    """Shifts pitch (and formants) by resampling, like a tape played faster or slower:
+    the result is shorter by the ratio for an upward shift, longer for a downward one
+    (the caller synthesizes at speed / ratio to keep the length)."""
+    if not semitones:
+        return audio
+    from scipy.signal import resample_poly
+
+    r = pitch_ratio(semitones)
+    # r = p/q > 1: keep q/p of the samples and play them at the same rate -> higher pitch.
+    return resample_poly(audio.astype(np.float64), r.denominator, r.numerator).astype(np.float32)
+
+
+def gsm_roundtrip(x: np.ndarray) -> np.ndarray:
+    """GSM 06.10 full-rate encode + decode of 8 kHz float audio with sox (no dither, so the
+    result is repeatable). Needs `sox` with its GSM format (apt-get install sox
+    libsox-fmt-all)."""
+    import shutil
+    import subprocess
+
+    sox = shutil.which("sox")
+    if not sox:
+        raise SystemExit("codec = \"gsm\" needs sox: apt-get install sox libsox-fmt-all")
+    pcm = np.clip(np.round(np.asarray(x, np.float64) * 32767.0), -32768, 32767).astype("<i2")
+    raw = ["-t", "raw", "-r", "8000", "-e", "signed-integer", "-b", "16", "-c", "1"]
+    enc = subprocess.run([sox, "-D", "-R", "-V1", *raw, "-", "-t", "gsm", "-r", "8000", "-c", "1", "-"],
+                         input=pcm.tobytes(), capture_output=True, check=True).stdout
+    dec = subprocess.run([sox, "-D", "-R", "-V1", "-t", "gsm", "-r", "8000", "-c", "1", "-", *raw, "-"],
+                         input=enc, capture_output=True, check=True).stdout
+    y = np.frombuffer(dec, dtype="<i2").astype(np.float32) / 32768.0
+    if y.size < x.size:
+        y = np.concatenate([y, np.zeros(x.size - y.size, np.float32)])
+    return y[: x.size]
+
+
+def packet_loss(x: np.ndarray, rate: int, percent: float, rng: np.random.Generator,
+                fill: str = "silence", frame_ms: int = 20) -> tuple[np.ndarray, list[int]]:
+    """Drops `percent` % of the speech's 20 ms frames (at least one; frames within 30 dB of
+    the loudest, so a loss is never wasted on the silent padding) at positions chosen by
+    `rng`; a lost frame becomes silence, or (fill = "repeat") a copy of the frame before it,
+    as a simple jitter buffer's concealment would do. Returns the audio and the lost frame
+    indices."""
+    n = max(1, rate * frame_ms // 1000)
+    frames = x.size // n
+    if frames < 2 or percent <= 0:
+        return x, []
+    rms = np.sqrt(np.mean(np.asarray(x[: frames * n], np.float64).reshape(frames, n) ** 2, axis=1))
+    speech = np.where(rms > rms.max() * 10 ** (-30 / 20))[0]
+    speech = speech[speech > 0]
+    if speech.size == 0:
+        return x, []
+    k = min(speech.size, max(1, int(round(speech.size * float(percent) / 100))))
+    lost = sorted(int(i) for i in rng.choice(speech, size=k, replace=False))
+    y = np.array(x, np.float32, copy=True)
+    for i in lost:
+        if fill == "repeat":
+            y[i * n:(i + 1) * n] = y[(i - 1) * n:i * n]
+        else:
+            y[i * n:(i + 1) * n] = 0.0
+    return y, lost
