@@ -697,14 +697,17 @@ impl Session {
 
     /// The line failed under the call (the transport lost it without the far end hanging
     /// up): like `on_hangup`, except that a call not yet decided ends as `line_failed`,
-    /// which adds no do-not-call, instead of its pending outcome or `callee_hangup`.
-    /// Transcripts still being decoded can still decide it: the callee did say them.
+    /// which adds no do-not-call, instead of its pending or offered outcome or
+    /// `callee_hangup` (nobody hung up, nobody heard the offer). Transcripts still being
+    /// decoded are heeded as during the closing lines: a refusal the callee said before the
+    /// line failed still puts the number on the list.
     pub fn on_line_failed(&mut self, now: Millis) {
         if matches!(self.phase, Phase::Ended | Phase::CalleeGone { .. }) {
             return;
         }
         if self.outcome.is_none() {
-            self.pending = Some(Outcome::LineFailed);
+            tracing::info!(call_id = %self.call_id, now, "line failed before an outcome: line_failed");
+            self.outcome = Some(Outcome::LineFailed);
         }
         self.on_hangup(now);
     }
