@@ -2,6 +2,7 @@
 //! telephone Mandarin, behind a bounded worker pool so concurrent calls queue instead of
 //! fighting over the CPU cores.
 
+pub mod integrity;
 mod short_answers;
 
 pub use short_answers::{Fit, ShortAnswer, ShortAnswers};
@@ -49,6 +50,8 @@ pub enum AsrError {
     ModelMissing { path: PathBuf },
     #[error("cannot load the whisper model {path}: {reason}; re-run `models/fetch` to restore it")]
     ModelLoad { path: PathBuf, reason: String },
+    #[error("the whisper model {path} is damaged: {reason}; re-run `models/fetch` to restore it")]
+    ModelCorrupt { path: PathBuf, reason: String },
     #[error("recognition failed: {0}")]
     Inference(String),
     #[error("the recognizer is overloaded ({0} utterances queued); try fewer simultaneous calls")]
@@ -98,6 +101,9 @@ pub struct AsrConfig {
     /// as the best one that fits the audio within its margin of whisper's free transcript.
     pub short_answers: Vec<ShortAnswer>,
     pub short_below_ms: u64,
+    /// A longer utterance the rules cannot read whose confidence is below this is decoded
+    /// again with beam search (`RENEWAL_BOT_ASR_SECOND_READING`); `None`: never.
+    pub second_reading_below: Option<f32>,
 }
 
 /// How much less likely (log probability) than whisper's own garbled transcript a harmless
@@ -125,6 +131,7 @@ impl AsrConfig {
             reading: None,
             short_below_ms: 2_000,
             short_answers: Vec::new(),
+            second_reading_below: None,
         }
     }
 
@@ -165,6 +172,12 @@ impl AsrConfig {
             .and_then(|v| v.parse().ok())
         {
             self.min_audio_ctx = ctx;
+        }
+        if let Some(below) = std::env::var("RENEWAL_BOT_ASR_SECOND_READING")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            self.second_reading_below = Some(below);
         }
         self
     }
@@ -233,7 +246,10 @@ impl WhisperEngine {
         let fitted = audio_16k.len() / 320 + 128;
         let (first, tokens) = self.decode(audio_16k, fitted.max(self.config.min_audio_ctx))?;
         let short = (audio_16k.len() as u64) < self.config.short_below_ms * 16;
-        if !short || first.text.is_empty() || self.short_answers.is_empty() {
+        if !short && !first.text.is_empty() {
+            return self.read_again_if_unsure(first, audio_16k, fitted);
+        }
+        if first.text.is_empty() || self.short_answers.is_empty() {
             return Ok(first);
         }
         let Some(intent) = self.read(&first.text) else {
@@ -262,6 +278,32 @@ impl WhisperEngine {
             },
             None => first,
         })
+    }
+
+    /// A longer utterance whisper was unsure of and the rules cannot read is decoded once
+    /// more with beam search; that reading is taken when the rules understand it and it
+    /// does not decide the call (a guess never ends a call). Off unless
+    /// `second_reading_below` is set.
+    fn read_again_if_unsure(
+        &mut self,
+        first: Transcript,
+        audio_16k: &[f32],
+        audio_ctx: usize,
+    ) -> Result<Transcript, AsrError> {
+        let unsure = self
+            .config
+            .second_reading_below
+            .is_some_and(|below| first.confidence().is_some_and(|c| c < below));
+        if !unsure || self.read(&first.text) != Some(Intent::Unknown) {
+            return Ok(first);
+        }
+        let (second, _) = self.decode_with(audio_16k, audio_ctx, Strategy::Beam)?;
+        let intent = self.read(&second.text);
+        tracing::debug!(first = %first.text, second = %second.text, ?intent, "unsure: read again with beam search");
+        match intent {
+            Some(intent) if intent != Intent::Unknown && !intent.is_decisive() => Ok(second),
+            _ => Ok(first),
+        }
     }
 
     /// What the dialogue's rules read in `text`; `None` without rules.
@@ -314,7 +356,22 @@ impl WhisperEngine {
         audio_16k: &[f32],
         audio_ctx: usize,
     ) -> Result<(Transcript, Vec<WhisperTokenId>), AsrError> {
-        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        self.decode_with(audio_16k, audio_ctx, Strategy::Greedy)
+    }
+
+    fn decode_with(
+        &mut self,
+        audio_16k: &[f32],
+        audio_ctx: usize,
+        strategy: Strategy,
+    ) -> Result<(Transcript, Vec<WhisperTokenId>), AsrError> {
+        let mut params = FullParams::new(match strategy {
+            Strategy::Greedy => SamplingStrategy::Greedy { best_of: 1 },
+            Strategy::Beam => SamplingStrategy::BeamSearch {
+                beam_size: 5,
+                patience: -1.0,
+            },
+        });
         params.set_language(Some("zh"));
         params.set_n_threads(self.config.threads_per_worker as i32);
         params.set_translate(false);
@@ -392,6 +449,12 @@ fn token_confidence(log_probs: &[f32]) -> (Option<f32>, Option<f32>) {
     let mean = log_probs.iter().sum::<f32>() / log_probs.len() as f32;
     let least = log_probs.iter().copied().fold(f32::INFINITY, f32::min);
     (Some(mean), Some(least.exp()))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Strategy {
+    Greedy,
+    Beam,
 }
 
 /// The most text tokens a decoding of `samples` (16 kHz) may produce. A looping decoder

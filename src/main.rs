@@ -250,9 +250,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 clips.len(),
                 assets.audio_dir.display()
             );
-            let config = AsrConfig::for_model(cli.model.clone());
-            renewal_bot::asr::WhisperModel::load(&config.model)?;
-            println!("model: {} — ok", cli.model.display());
+            let checksum = renewal_bot::asr::integrity::verify_checksum(&cli.model)?;
+            let pool = RecognizerPool::start(AsrConfig::for_model(cli.model.clone()))?;
+            let cer = renewal_bot::asr::integrity::self_test(&pool, &cli.model)?;
+            let pinned = match checksum {
+                renewal_bot::asr::integrity::Checksum::Pinned(pin) => format!("checksum {pin}"),
+                renewal_bot::asr::integrity::Checksum::Unknown => {
+                    "no pinned checksum for this file".to_string()
+                }
+            };
+            println!(
+                "model: {} — ok ({pinned}; self-test heard 李明's clip with {:.0}% of characters wrong)",
+                cli.model.display(),
+                cer * 100.0
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -296,9 +307,15 @@ fn load_clips(dir: &Path) -> anyhow::Result<ClipLibrary> {
 
 /// The whisper pool; short answers the script's rules do not understand get a second,
 /// slower pass.
+/// The model is checked first: its pinned checksum when it is a known file, and a clip of
+/// 李明 it must hear (`asr::integrity`), so a damaged model never answers calls deaf.
 fn start_recognizer(model: &Path, script: &Arc<Script>) -> anyhow::Result<RecognizerPool> {
+    let checksum = renewal_bot::asr::integrity::verify_checksum(model)?;
+    tracing::info!(model = %model.display(), ?checksum, "model checksum");
     let config = AsrConfig::for_script(model.to_path_buf(), script).with_env_overrides();
-    Ok(RecognizerPool::start(config)?)
+    let pool = RecognizerPool::start(config)?;
+    renewal_bot::asr::integrity::self_test(&pool, model)?;
+    Ok(pool)
 }
 
 fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {

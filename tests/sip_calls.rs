@@ -10,62 +10,25 @@
 //! baresip must be installed (`apt-get install -y baresip-core`); the test fails, never
 //! skips, without it. Run: `cargo test --release --test sip_calls -- --nocapture`.
 
+mod sip_peer;
 mod support;
 
 use renewal_bot::audio::clips::ClipLibrary;
 use renewal_bot::audio::{mulaw, wav};
 use renewal_bot::eval::manifest::Manifest;
 use renewal_bot::labels::Outcome;
-use renewal_bot::session::SessionConfig;
 use renewal_bot::store::Store;
-use renewal_bot::transport::sip::{SipConfig, SipServer};
-use renewal_bot::transport::{CallDeps, CallEvent};
-use std::net::SocketAddr;
+use sip_peer::{RawUac, answered, offer, start_server, wait_ended};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{clips, init_tracing, pool, repo_path, script};
+use support::{clips, pool, repo_path};
 use tokio::net::UdpSocket;
-use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
 
 /// The fixture case the softphone plays: one decisive utterance after the opening.
 const CASE: &str = "wp-wrong-number";
 /// The softphone's own number (its SIP user part).
 const CALLER: &str = "+8613800000001";
-
-async fn start_server(store: Store, with_asr: bool) -> SipServer {
-    init_tracing();
-    let config = SipConfig::new("127.0.0.1:0".parse().expect("addr"), None).expect("config");
-    let deps = CallDeps {
-        store,
-        recognizer: with_asr.then(pool),
-        script: script(),
-        clips: clips(),
-        session: SessionConfig::default(),
-    };
-    SipServer::start(config, deps)
-        .await
-        .expect("start the SIP server")
-}
-
-/// Waits for the end of one call; returns its call id and outcome.
-async fn wait_ended(
-    events: &mut broadcast::Receiver<CallEvent>,
-    limit: Duration,
-) -> (String, Option<Outcome>) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, events.recv()).await {
-            Ok(Ok(CallEvent::Ended { call_id, summary })) => {
-                return (call_id, summary.map(|s| s.outcome));
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => panic!("call events: {err}"),
-            Err(_) => panic!("no call ended within {limit:?}"),
-        }
-    }
-}
 
 fn baresip_installed() {
     match std::process::Command::new("baresip").arg("-h").output() {
@@ -306,113 +269,6 @@ async fn baresip_call_reaches_the_outcome_and_hears_the_opening() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
-// ---- a raw SIP client for the robustness test ----
-
-struct RawUac {
-    socket: UdpSocket,
-    bot: SocketAddr,
-    local: SocketAddr,
-}
-
-/// A response: status code, the raw text.
-struct Response {
-    status: u16,
-    text: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        let head = self.text.split("\r\n\r\n").next().unwrap_or_default();
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    fn body(&self) -> &str {
-        self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-    }
-}
-
-impl RawUac {
-    async fn new(bot: SocketAddr) -> RawUac {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let local = socket.local_addr().expect("addr");
-        RawUac { socket, bot, local }
-    }
-
-    async fn send(&self, text: &str) {
-        self.socket
-            .send_to(text.as_bytes(), self.bot)
-            .await
-            .expect("send");
-    }
-
-    /// The next response with a status of at least `min` (skips e.g. 100 Trying), or None.
-    async fn response(&self, min: u16, limit: Duration) -> Option<Response> {
-        let deadline = Instant::now() + limit;
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (len, _) = timeout(left, self.socket.recv_from(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            let text = String::from_utf8_lossy(&buf[..len]).to_string();
-            let Some(status) = text
-                .strip_prefix("SIP/2.0 ")
-                .and_then(|r| r.get(..3))
-                .and_then(|c| c.parse::<u16>().ok())
-            else {
-                continue; // a request (e.g. the bot's BYE) is not waited for here
-            };
-            if status >= min {
-                return Some(Response { status, text });
-            }
-        }
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        call_id: &str,
-        from_user: &str,
-        cseq: u32,
-        to_tag: Option<&str>,
-        sdp: Option<&str>,
-    ) -> String {
-        let branch = format!("z9hG4bK{}", uuid::Uuid::new_v4().simple());
-        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
-        let cseq_method = if method == "ACK" { "ACK" } else { method };
-        let (ctype, body) = match sdp {
-            Some(b) => ("Content-Type: application/sdp\r\n", b),
-            None => ("", ""),
-        };
-        format!(
-            "{method} sip:bot@{bot} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:{from_user}@127.0.0.1>;tag=t-{call_id}\r\n\
-             To: <sip:bot@{bot}>{to_tag}\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {cseq} {cseq_method}\r\n\
-             Contact: <sip:{from_user}@{local}>\r\n\
-             {ctype}Content-Length: {len}\r\n\r\n{body}",
-            bot = self.bot,
-            local = self.local,
-            len = body.len(),
-        )
-    }
-}
-
-fn offer(rtp: SocketAddr) -> String {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {}\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n",
-        rtp.ip(),
-        rtp.port()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_malformed_requests_do_not_stop_the_server() {
     let store = Store::open_in_memory().expect("store");
@@ -571,29 +427,8 @@ async fn garbage_and_malformed_requests_do_not_stop_the_server() {
     uac.send(&uac.request("OPTIONS", "opt-2", "prober", 1, None, None))
         .await;
     assert_eq!(uac.response(200, short).await.expect("OPTIONS").status, 200);
-    assert_eq!(server.live_calls(), 0);
+    sip_peer::wait_idle(&server).await;
     server.shutdown(Duration::from_secs(1)).await;
-}
-
-/// The To tag and the bot's RTP address from a 200 OK.
-fn answered(ok: &Response) -> (String, SocketAddr) {
-    let to_tag = ok
-        .header("To")
-        .and_then(|t| t.split("tag=").nth(1))
-        .map(str::to_string)
-        .expect("To tag in 200");
-    let body = ok.body();
-    let ip = body
-        .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
-        .expect("c= line")
-        .trim();
-    let port = body
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split(' ').next())
-        .expect("m= line");
-    (to_tag, format!("{ip}:{port}").parse().expect("RTP address"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

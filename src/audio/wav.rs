@@ -50,6 +50,16 @@ pub enum WavError {
 
 const WAVE_FORMAT_MULAW: u16 = 7;
 
+/// A WAV file's bytes (PCM, float or μ-law) mixed down to mono; the reason when they are not
+/// a WAV this reader understands.
+pub fn parse_mono(bytes: &[u8]) -> Result<MonoAudio, String> {
+    if format_tag(bytes) == Some(WAVE_FORMAT_MULAW) {
+        read_mulaw(bytes)
+    } else {
+        read_with_hound(bytes)
+    }
+}
+
 /// Reads a WAV file and mixes it down to mono.
 pub fn read_mono(path: &Path) -> Result<MonoAudio, WavError> {
     let bytes = std::fs::read(path).map_err(|source| WavError::Io {

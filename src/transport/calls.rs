@@ -90,7 +90,7 @@ impl CallEnv {
 /// Things that happened on calls, for metrics and tests (a broadcast; nobody has to listen).
 #[derive(Debug, Clone)]
 pub enum CallEvent {
-    /// The call's media started (Twilio: the `start` message; SIP: the 200 OK).
+    /// The call's media started (Twilio: the `start` message; SIP: the ACK of the 200 OK).
     /// `call_sid` is Twilio's CallSid or the SIP Call-ID.
     Started { call_id: String, call_sid: String },
     /// The first audio frame of the opening line went out, `delay_ms` after the start.

@@ -2,6 +2,18 @@
 //! `transport::driver::CallCore` around the
 //! [`Session`](crate::session::Session), with RTP instead of a WebSocket.
 //!
+//! The call is recorded when its 200 OK goes out, but nothing is sent before the caller's
+//! ACK: the session (and with it the opening line and the RTP stream) starts at the ACK,
+//! one round trip later. A caller that never confirms — a scanner, a forged source
+//! address that cannot see the 200 OK's To tag — gets no audio at all, so the bot cannot
+//! be made to stream at a third party. No ACK within `--ack-timeout-s` (at most RFC 3261's
+//! 64 × T1 = 32 s): BYE, and the call is recorded `no_response` with its reason, never
+//! do-not-call; the same for a BYE or CANCEL before the ACK (the bot never spoke).
+//!
+//! Only RTP from where the caller said it would come is heard ([`RtpLatch`]: the SDP's
+//! address and port, or with `--symmetric-rtp` the first port of the INVITE's source IP);
+//! other datagrams are dropped, counted and recorded as an `rtp_foreign` event.
+//!
 //! The call's task owns its RTP socket. Every 20 ms (a tokio interval) it sends one RTP
 //! packet: the next frame of 李明's current clip, or μ-law silence when nothing plays, so
 //! the stream's timestamps run with the wall clock. A clip counts as played when its last
@@ -11,8 +23,9 @@
 //! core's.
 
 use crate::audio::{FRAME_MS, FRAME_SAMPLES, mulaw};
-use crate::store::NewCall;
-use crate::transport::calls::CallEnv;
+use crate::labels::Outcome;
+use crate::store::{NewCall, Store};
+use crate::transport::calls::{CallEnv, CallEvent};
 use crate::transport::driver::{CallCore, CallIo, CallStart, MediaStats};
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
 use rsipstack::dialog::dialog_layer::DialogLayer;
@@ -22,8 +35,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use super::media::{RtpLatch, Source};
 use super::rtp;
 use super::sdp::PCMU;
 
@@ -44,7 +59,7 @@ pub(crate) struct SipEnv {
     pub(crate) dialogs: Arc<DialogLayer>,
 }
 
-/// An INVITE that was checked and answered with 200 OK.
+/// An INVITE that was checked and rung (180), about to be answered with 200 OK.
 pub(crate) struct CallSetup {
     pub(crate) call_id: String,
     /// The SIP Call-ID, stored as the call's `call_sid`.
@@ -56,68 +71,236 @@ pub(crate) struct CallSetup {
     pub(crate) dialog: InviteDialog,
     pub(crate) states: DialogStateReceiver,
     pub(crate) rtp: UdpSocket,
-    pub(crate) remote_rtp: SocketAddr,
-    /// The SDP answer sent in the 200 OK (repeated for a re-INVITE).
+    /// Whose RTP is the caller's, and where the bot's goes.
+    pub(crate) latch: RtpLatch,
+    /// The SDP answer for the 200 OK (repeated for a re-INVITE).
     pub(crate) answer: String,
-    /// When the 200 OK went out: call time 0.
-    pub(crate) t0: Instant,
+    /// How long the 200 OK waits for its ACK.
+    pub(crate) ack_timeout: Duration,
 }
 
-/// Runs an answered call to its end (the caller instruments it with the call's span).
-pub(crate) async fn run(setup: CallSetup, env: SipEnv) {
+/// Records the call, answers it and runs it to its end (the caller instruments it with the
+/// call's span). `slot`: the call's place under `--max-calls`, freed just before it stops
+/// counting as live.
+pub(crate) async fn run(mut setup: CallSetup, env: SipEnv, slot: OwnedSemaphorePermit) {
     let _live = env.call.live.enter();
-    let (core, io) = start_call(setup, &env);
-    let started_at = core.now();
-    core.drive(io, started_at).await;
+    let _slot = slot;
+    // A call the caller saw answered always has a record.
+    record_start(&setup, &env.call.deps.store).await;
+    let headers = vec![Header::ContentType("application/sdp".into())];
+    let body = Some(setup.answer.clone().into_bytes());
+    let answered_at = Instant::now();
+    let wait = match setup.dialog.accept(Some(headers), body) {
+        Ok(()) => {
+            tracing::info!("answered: 200 OK; waiting for the ACK");
+            wait_for_ack(&mut setup, &env, answered_at).await
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot send 200 OK: giving the call up");
+            AckWait::NotAnswered(err.to_string())
+        }
+    };
+    match wait {
+        AckWait::Confirmed => {
+            let (core, io) = start_call(setup, &env, answered_at);
+            let started_at = core.now();
+            core.drive(io, started_at).await;
+        }
+        unconfirmed => never_connected(setup, &env, unconfirmed, answered_at).await,
+    }
 }
 
-/// Records the call and sets up both halves of it.
-fn start_call(setup: CallSetup, env: &SipEnv) -> (CallCore, RtpIo) {
+/// Records the call as started, before it is answered and before anything else is
+/// written for it.
+async fn record_start(setup: &CallSetup, store: &Store) {
+    let new_call = NewCall {
+        call_id: setup.call_id.clone(),
+        transport: "sip".into(),
+        to_number: setup.to_number.clone(),
+        from_number: setup.from_number.clone(),
+        call_sid: Some(setup.sip_call_id.clone()),
+        stream_sid: None,
+        started_at: time::OffsetDateTime::now_utc(),
+    };
+    let store = store.clone();
+    let span = tracing::Span::current();
+    let done = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        if let Err(err) = store.start_call(&new_call) {
+            tracing::error!(%err, "cannot record the call start");
+        }
+    })
+    .await;
+    if let Err(err) = done {
+        tracing::error!(%err, "recording the call start panicked");
+    }
+}
+
+/// How the wait for the ACK ended.
+enum AckWait {
+    Confirmed,
+    /// No ACK within the deadline.
+    TimedOut,
+    /// The dialog ended first (the caller's BYE or CANCEL, rsipstack's own 64 × T1).
+    Terminated(TerminatedReason),
+    /// The server is stopping.
+    Shutdown,
+    /// The 200 OK could not be sent.
+    NotAnswered(String),
+}
+
+/// Waits for the ACK of the 200 OK. RTP that arrives meanwhile is read and dropped: the
+/// session has not started and nothing is sent.
+async fn wait_for_ack(setup: &mut CallSetup, env: &SipEnv, answered_at: Instant) -> AckWait {
+    let deadline = answered_at + setup.ack_timeout;
+    let hard_stop = env.call.live.hard_stop.clone();
+    let mut buf = [0u8; 2048];
+    let mut early_packets = 0u64;
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = hard_stop.cancelled() => break AckWait::Shutdown,
+            state = setup.states.recv() => match state {
+                Some(DialogState::Confirmed(..)) => break AckWait::Confirmed,
+                Some(DialogState::Terminated(_, reason)) => break AckWait::Terminated(reason),
+                Some(other) => tracing::debug!(state = %other, "dialog state before the ACK"),
+                // Nobody can confirm the dialog any more.
+                None => break AckWait::TimedOut,
+            },
+            _ = tokio::time::sleep_until(deadline) => break AckWait::TimedOut,
+            received = setup.rtp.recv_from(&mut buf) => {
+                if received.is_ok() {
+                    early_packets += 1;
+                }
+            }
+        }
+    };
+    let waited_ms = answered_at.elapsed().as_millis();
+    if early_packets > 0 {
+        tracing::debug!(early_packets, "RTP before the ACK dropped");
+    }
+    match &result {
+        AckWait::Confirmed => tracing::info!(waited_ms, "ACK received: the call starts"),
+        AckWait::TimedOut => tracing::warn!(
+            waited_ms,
+            "no ACK for the 200 OK within {:?} (--ack-timeout-s): hanging up",
+            setup.ack_timeout
+        ),
+        AckWait::Terminated(reason) => {
+            tracing::info!(waited_ms, ?reason, "the dialog ended before the ACK")
+        }
+        AckWait::Shutdown => tracing::warn!(waited_ms, "server shutting down before the ACK"),
+        AckWait::NotAnswered(_) => {}
+    }
+    result
+}
+
+/// A call whose dialog was never confirmed: the bot said nothing, so it is nobody's
+/// decision — `no_response`, never do-not-call. Hangs up where the dialog still stands.
+async fn never_connected(setup: CallSetup, env: &SipEnv, why: AckWait, answered_at: Instant) {
+    let CallSetup {
+        call_id,
+        dialog,
+        ack_timeout,
+        ..
+    } = setup;
+    let bye_needed = matches!(why, AckWait::TimedOut | AckWait::Shutdown);
+    let mut events: Vec<(&'static str, String)> = Vec::new();
+    if matches!(why, AckWait::Shutdown) {
+        events.push((
+            "interrupted",
+            "server shut down before the caller's ACK; nothing was said".into(),
+        ));
+    }
+    let reason = match why {
+        AckWait::TimedOut => format!("ack_timeout: no ACK within {} s", ack_timeout.as_secs()),
+        AckWait::Terminated(TerminatedReason::Timeout) => {
+            "ack_timeout: no ACK within 64*T1 (the SIP stack's BYE)".to_string()
+        }
+        AckWait::Terminated(TerminatedReason::UacBye) => "callee_bye_before_ack".to_string(),
+        AckWait::Terminated(TerminatedReason::UacCancel) => "callee_cancel_before_ack".to_string(),
+        AckWait::Terminated(other) => format!("{other:?} before the ACK"),
+        AckWait::Shutdown => "shutdown_before_ack".to_string(),
+        AckWait::NotAnswered(err) => format!("answer_failed: {err}"),
+        AckWait::Confirmed => "confirmed".to_string(),
+    };
+    let detail = if bye_needed {
+        match tokio::time::timeout(BYE_TIMEOUT, dialog.bye()).await {
+            Ok(Ok(())) => format!("{reason}; bye_sent"),
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "BYE failed");
+                format!("{reason}; bye_failed: {err}")
+            }
+            Err(_) => {
+                tracing::warn!("no answer to the BYE within {BYE_TIMEOUT:?}");
+                format!("{reason}; bye_timeout")
+            }
+        }
+    } else {
+        reason
+    };
+    events.push(("hangup", detail));
+    env.dialogs.remove_dialog(&dialog.id());
+    let duration = answered_at.elapsed().as_millis() as u64;
+    let outcome = Outcome::NoResponse;
+    tracing::info!(%outcome, do_not_call = false, duration_ms = duration, "call ended before it started");
+    let store = env.call.deps.store.clone();
+    let id = call_id.clone();
+    let span = tracing::Span::current();
+    let done = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        for (kind, detail) in events {
+            if let Err(err) = store.record_event(&id, kind, &detail) {
+                tracing::warn!(%err, kind, "cannot record the event");
+            }
+        }
+        if let Err(err) = store.finish_call(&id, outcome, false, duration) {
+            tracing::error!(%err, "cannot record the end of the call");
+        }
+    })
+    .await;
+    if let Err(err) = done {
+        tracing::error!(%err, "recording the end of the call panicked");
+    }
+    let _ = env.call.events.send(CallEvent::Ended {
+        call_id,
+        summary: None,
+    });
+}
+
+/// Sets up both halves of a confirmed call; call time 0 is the ACK.
+fn start_call(setup: CallSetup, env: &SipEnv, answered_at: Instant) -> (CallCore, RtpIo) {
     let CallSetup {
         call_id,
         sip_call_id,
         to_number,
-        from_number,
         dialog,
         states,
         rtp,
-        remote_rtp,
+        latch,
         answer,
-        t0,
+        ..
     } = setup;
     let core = CallCore::new(
         CallStart {
-            call_id: call_id.clone(),
-            call_sid: sip_call_id.clone(),
-            to_number: to_number.clone(),
-            t0,
+            call_id,
+            call_sid: sip_call_id,
+            to_number,
+            t0: Instant::now(),
         },
         &env.call,
     );
-    let new_call = NewCall {
-        call_id,
-        transport: "sip".into(),
-        to_number,
-        from_number,
-        call_sid: Some(sip_call_id),
-        stream_sid: None,
-        started_at: time::OffsetDateTime::now_utc(),
-    };
-    core.write(move |s| {
-        if let Err(err) = s.start_call(&new_call) {
-            tracing::error!(%err, "cannot record the call start");
-        }
-    });
+    core.event("ack_ms", answered_at.elapsed().as_millis().to_string());
     let sender = rtp::Sender::new(PCMU);
-    tracing::info!(rtp_local = ?rtp.local_addr().ok(), %remote_rtp, ssrc = sender.ssrc(), "media started");
+    tracing::info!(rtp_local = ?rtp.local_addr().ok(), rtp_from = %latch.describe(), send_to = %latch.send_to(), ssrc = sender.ssrc(), "media started");
     let io = RtpIo {
         dialogs: Arc::clone(&env.dialogs),
         dialog,
         states,
         states_open: true,
         rtp,
-        remote_rtp,
-        latched: false,
+        latch,
+        foreign: ForeignRtp::default(),
         answer,
         sender,
         ticker: None,
@@ -139,9 +322,9 @@ struct RtpIo {
     states: DialogStateReceiver,
     states_open: bool,
     rtp: UdpSocket,
-    remote_rtp: SocketAddr,
-    /// The caller's RTP came from somewhere else than its SDP said, and we follow it.
-    latched: bool,
+    latch: RtpLatch,
+    /// Datagrams from sources that are not the caller's.
+    foreign: ForeignRtp,
     answer: String,
     sender: rtp::Sender,
     /// One packet every 20 ms (made on the first wait).
@@ -220,6 +403,14 @@ impl CallIo for RtpIo {
     async fn close(&mut self, core: &mut CallCore) {
         if !core.is_media_gone() {
             self.send_bye(core, "the call record is being closed").await;
+        }
+        if self.foreign.packets > 0 {
+            tracing::warn!(
+                packets = self.foreign.packets,
+                "RTP from addresses that are not the caller's was dropped: {}",
+                self.foreign.describe()
+            );
+            core.event("rtp_foreign", self.foreign.describe());
         }
     }
 
@@ -321,15 +512,20 @@ impl RtpIo {
     }
 
     fn on_rtp(&mut self, core: &mut CallCore, data: &[u8], from: SocketAddr) {
-        if from != self.remote_rtp {
-            if self.latched || self.frames_in > 0 {
-                self.bad_packet(&format!("RTP from {from}, not the caller"));
+        match self.latch.classify(from) {
+            Source::Caller => {}
+            Source::Candidate => {
+                if rtp::parse(data).is_err() {
+                    self.foreign_packet(from);
+                    return;
+                }
+                self.latch.latch(from);
+                tracing::info!(rtp_from = %from, "symmetric RTP: following the caller's RTP source");
+            }
+            Source::Foreign => {
+                self.foreign_packet(from);
                 return;
             }
-            // Symmetric RTP: the caller is behind NAT or its SDP named another address.
-            tracing::info!(sdp = %self.remote_rtp, actual = %from, "following the caller's RTP source");
-            self.remote_rtp = from;
-            self.latched = true;
         }
         match rtp::parse(data) {
             Ok(packet) if packet.payload_type == PCMU => {
@@ -347,6 +543,19 @@ impl RtpIo {
                 self.bad_packet(&format!("payload type {} not PCMU", packet.payload_type));
             }
             Err(err) => self.bad_packet(&err.to_string()),
+        }
+    }
+
+    /// A datagram from an address that is not the caller's: dropped unread.
+    fn foreign_packet(&mut self, from: SocketAddr) {
+        let packets = self.foreign.add(from);
+        if packets <= 3 || packets.is_power_of_two() {
+            tracing::warn!(
+                %from,
+                packets,
+                expected = %self.latch.describe(),
+                "RTP from an address that is not the caller's: dropped"
+            );
         }
     }
 
@@ -388,7 +597,7 @@ impl RtpIo {
             break;
         }
         let packet = self.sender.packet(&frame);
-        match self.rtp.try_send_to(&packet, self.remote_rtp) {
+        match self.rtp.try_send_to(&packet, self.latch.send_to()) {
             Ok(_) => self.frames_out += 1,
             Err(err) => {
                 self.send_errors += 1;
@@ -405,6 +614,38 @@ impl RtpIo {
             tracing::debug!(play_id, "clip sent to its last frame");
             core.session.on_playback_finished(now, play_id);
         }
+    }
+}
+
+/// Datagrams from addresses that are not the caller's, for the log and the call's events.
+#[derive(Debug, Default)]
+struct ForeignRtp {
+    packets: u64,
+    /// The first few sources, in order.
+    sources: Vec<SocketAddr>,
+}
+
+impl ForeignRtp {
+    const SOURCES_KEPT: usize = 4;
+
+    /// Counts one; returns the count so far.
+    fn add(&mut self, from: SocketAddr) -> u64 {
+        self.packets += 1;
+        if self.sources.len() < Self::SOURCES_KEPT && !self.sources.contains(&from) {
+            self.sources.push(from);
+        }
+        self.packets
+    }
+
+    /// `"52 packets from 127.0.0.1:4242, 127.0.0.2:999"`.
+    fn describe(&self) -> String {
+        let sources: Vec<String> = self.sources.iter().map(ToString::to_string).collect();
+        let more = if self.sources.len() == Self::SOURCES_KEPT {
+            " (and maybe others)"
+        } else {
+            ""
+        };
+        format!("{} packets from {}{more}", self.packets, sources.join(", "))
     }
 }
 

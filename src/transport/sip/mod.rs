@@ -4,14 +4,22 @@
 //!
 //! - [`sdp`] — the offer/answer for one PCMU stream, no I/O;
 //! - [`rtp`] — RTP packet parsing and the outgoing stream's header fields, no I/O;
-//! - [`server`] — the rsipstack endpoint: INVITE checks (do-not-call → 603, no PCMU → 488),
-//!   answers, in-dialog routing, graceful shutdown;
-//! - [`call`] — the per-call dialog and RTP stream (pacing, playback, BYE), driven by
-//!   `transport::driver`.
+//! - [`media`] — which SDP addresses get RTP (`--allow-media-net`) and which sources are
+//!   the caller's RTP (the SDP's address and port, or `--symmetric-rtp`), no I/O;
+//! - [`admission`] — the INVITE rate per source IP, no I/O;
+//! - [`server`] — the rsipstack endpoint: INVITE checks (rate per source → dropped, call
+//!   cap → 503, do-not-call → 603, no PCMU or a media address not allowed → 488), answers,
+//!   in-dialog routing, graceful shutdown;
+//! - [`call`] — the per-call dialog and RTP stream (no media before the ACK, the ACK
+//!   deadline, the RTP latch, pacing, playback, BYE), driven by `transport::driver`.
 
+pub mod admission;
 pub mod call;
+pub mod media;
 pub mod rtp;
 pub mod sdp;
 pub mod server;
 
-pub use server::{DEFAULT_LISTEN, SipArgs, SipConfig, SipServer, serve};
+pub use server::{
+    DEFAULT_LISTEN, DEFAULT_MAX_CALLS, MAX_ACK_TIMEOUT, SipArgs, SipConfig, SipServer, serve,
+};
