@@ -179,9 +179,11 @@ pub fn may_call(store: &Store, number: &str, max_attempts: u16) -> Result<(), St
     Ok(())
 }
 
-/// The callee picked up and the bot talked: the call had a media stream.
+/// The callee picked up and the bot talked: the call had a media stream (one whose line
+/// failed under it counts as not answered, and may be tried again).
 fn was_reached(call: &CallRow) -> bool {
     call.stream_sid.is_some()
+        && call.outcome.as_deref() != Some(crate::labels::Outcome::LineFailed.as_str())
 }
 
 /// Runs the campaign, writing a line per number to `out` as each is settled; returns

@@ -1,5 +1,6 @@
 //! The intent and outcome labels shared by the rules, the script, the store and the eval
-//! report. Spelled exactly as in `shared/scenario.md`.
+//! report. Spelled exactly as in `shared/scenario.md`, plus `line_failed` beside them (a
+//! transport outcome the scenario does not name: the line, not the callee, ended the call).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -87,6 +88,10 @@ label_enum!(
         NoResponse => "no_response",
         WrongPerson => "wrong_person",
         MaxDuration => "max_duration",
+        // The line failed under the call (the stream lost without Twilio's `stop`, an
+        // unreadable frame): the callee neither hung up nor refused. No do-not-call; a
+        // campaign treats it like no answer.
+        LineFailed => "line_failed",
     }
 );
 

@@ -695,6 +695,23 @@ impl Session {
         self.on_tick(now);
     }
 
+    /// The line failed under the call (the transport lost it without the far end hanging
+    /// up): like `on_hangup`, except that a call not yet decided ends as `line_failed`,
+    /// which adds no do-not-call, instead of its pending or offered outcome or
+    /// `callee_hangup` (nobody hung up, nobody heard the offer). Transcripts still being
+    /// decoded are heeded as during the closing lines: a refusal the callee said before the
+    /// line failed still puts the number on the list.
+    pub fn on_line_failed(&mut self, now: Millis) {
+        if matches!(self.phase, Phase::Ended | Phase::CalleeGone { .. }) {
+            return;
+        }
+        if self.outcome.is_none() {
+            tracing::info!(call_id = %self.call_id, now, "line failed before an outcome: line_failed");
+            self.outcome = Some(Outcome::LineFailed);
+        }
+        self.on_hangup(now);
+    }
+
     /// Lets timers fire; call at `next_deadline()` or on every audio frame.
     pub fn on_tick(&mut self, now: Millis) {
         match self.phase {

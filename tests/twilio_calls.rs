@@ -243,6 +243,146 @@ async fn barge_in_over_the_opening_sends_clear() {
     assert!(log.closed_by_bot.is_some());
 }
 
+/// The callee answers the opening (是我), the bot starts the notice, and the line resets
+/// under it without Twilio's `stop`: the call ends as `line_failed` with the callee's turn
+/// in its record, and the number stays off the do-not-call list (a hang-up at that point
+/// would have put it there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_reset_after_a_turn_keeps_the_turn_and_adds_no_do_not_call() {
+    let (manifest, dir) = fixtures();
+    let case = manifest
+        .cases
+        .iter()
+        .find(|c| c.name == "ss-confirm-then-renew")
+        .expect("fixture case ss-confirm-then-renew");
+    let server = whisper_server().await;
+    let mut events = server.state.subscribe();
+    let to = "+8613700000002";
+    let call_sid = "CA-reset-after-turn";
+    let twiml = server.twiml(call_sid, to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let ws = server.connect_media(None).await.expect("open /media");
+    let mut plan = CallPlan::new(vec![turn_mulaw(&dir, &case.turns[0])]);
+    plan.line_failure = Some(FailAt {
+        how: LineFailure::Reset,
+        after_turns: 1,
+        delay: Duration::from_secs(3),
+    });
+    plan.limit = Duration::from_secs(60);
+    let log = fake_call(ws, call_sid, &twiml.params, plan).await;
+    assert!(log.line_failed, "{log:#?}");
+    let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(40))
+        .await
+        .expect("summary");
+    assert_eq!(summary.outcome.as_str(), "line_failed");
+    assert!(!summary.do_not_call);
+    let row = server.store.get_call(&call_id).unwrap().expect("row");
+    assert_eq!(row.outcome.as_deref(), Some("line_failed"));
+    assert!(!row.do_not_call);
+    assert!(!server.store.is_dnc(to).unwrap());
+    let turns = server.store.call_turns(&call_id).unwrap();
+    assert_eq!(turns.len(), 1, "{turns:?}");
+    assert_eq!(
+        turns[0].intent.as_deref(),
+        Some("confirm_identity"),
+        "{turns:?}"
+    );
+}
+
+/// The callee says 别再打我电话 and the line resets the moment the words end, before they
+/// are recognized: the words still count. The call ends as `line_failed` (the line ended
+/// it), but the number is on the list and the record says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_said_before_the_line_failed_still_decide() {
+    let (manifest, dir) = fixtures();
+    let case = manifest
+        .cases
+        .iter()
+        .find(|c| c.name == "dnc-told-you-before")
+        .expect("fixture case dnc-told-you-before");
+    let server = whisper_server().await;
+    let mut events = server.state.subscribe();
+    let to = "+8613700000003";
+    let call_sid = "CA-reset-after-refusal";
+    let twiml = server.twiml(call_sid, to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let ws = server.connect_media(None).await.expect("open /media");
+    let mut plan = CallPlan::new(case.turns.iter().map(|t| turn_mulaw(&dir, t)).collect());
+    plan.line_failure = Some(FailAt {
+        how: LineFailure::Reset,
+        after_turns: 2,
+        delay: Duration::ZERO,
+    });
+    plan.limit = Duration::from_secs(60);
+    let log = fake_call(ws, call_sid, &twiml.params, plan).await;
+    assert!(log.line_failed, "{log:#?}");
+    let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(40))
+        .await
+        .expect("summary");
+    assert_eq!(summary.outcome.as_str(), "line_failed");
+    assert!(summary.do_not_call);
+    assert!(server.store.is_dnc(to).unwrap(), "the refusal was lost");
+    let row = server.store.get_call(&call_id).unwrap().expect("row");
+    assert!(row.do_not_call, "{row:?}");
+    let kinds: Vec<String> = server
+        .store
+        .call_events(&call_id)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.iter().any(|k| k == "line_failed"), "{kinds:?}");
+}
+
+/// 是我, then 我在开会，长话短说 (busy: 李明 offers text messages instead, an outcome left
+/// pending), then the line resets: the offer was never answered and the line, not the
+/// callee, ended the call, so it is `line_failed` with no do-not-call — not the
+/// `written_only` a silence would give, nor the `callee_hangup` a hang-up would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_failure_after_an_offer_is_line_failed() {
+    let (manifest, dir) = fixtures();
+    let turn = |case: &str| {
+        let case = manifest
+            .cases
+            .iter()
+            .find(|c| c.name == case)
+            .unwrap_or_else(|| panic!("fixture case {case}"));
+        turn_mulaw(&dir, &case.turns[0])
+    };
+    let turns = vec![turn("dnc-told-you-before"), turn("ss-busy-then-handles-it")];
+    let server = whisper_server().await;
+    let mut events = server.state.subscribe();
+    let to = "+8613700000004";
+    let call_sid = "CA-reset-after-offer";
+    let twiml = server.twiml(call_sid, to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let ws = server.connect_media(None).await.expect("open /media");
+    let mut plan = CallPlan::new(turns);
+    plan.line_failure = Some(FailAt {
+        how: LineFailure::Reset,
+        after_turns: 2,
+        delay: Duration::from_secs(3),
+    });
+    plan.limit = Duration::from_secs(90);
+    let log = fake_call(ws, call_sid, &twiml.params, plan).await;
+    assert!(log.line_failed, "{log:#?}");
+    let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(40))
+        .await
+        .expect("summary");
+    let turns = server.store.call_turns(&call_id).unwrap();
+    let intents: Vec<_> = turns.iter().map(|t| t.intent.clone()).collect();
+    assert_eq!(
+        intents,
+        [
+            Some("confirm_identity".to_string()),
+            Some("busy".to_string())
+        ],
+        "{turns:?}"
+    );
+    assert_eq!(summary.outcome.as_str(), "line_failed");
+    assert!(!server.store.is_dnc(to).unwrap());
+}
+
 /// Every fixture call that fits in about a minute of call time (all but `max_duration`).
 fn playable(manifest: &Manifest) -> Vec<&Case> {
     manifest

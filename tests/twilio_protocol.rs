@@ -5,10 +5,12 @@
 
 mod support;
 
+use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
 use renewal_bot::labels::Outcome;
 use renewal_bot::session::SessionConfig;
-use renewal_bot::store::NewCall;
+use renewal_bot::store::{NewCall, Store};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -161,7 +163,8 @@ async fn status_callbacks_are_recorded_and_finish_calls_without_a_stream() {
 }
 
 /// Garbage on the stream is logged and skipped; the call goes on, then the line drops
-/// mid-clip: the record is complete with outcome callee_hangup, and the server still works.
+/// mid-clip (no `stop`): the record is complete with outcome line_failed, the number stays
+/// off the do-not-call list, and the server still works.
 #[tokio::test]
 async fn garbage_on_the_stream_and_a_dropped_socket_leave_a_complete_record() {
     let server = TestServer::start(ServerOpts::default()).await;
@@ -262,18 +265,15 @@ async fn garbage_on_the_stream_and_a_dropped_socket_leave_a_complete_record() {
     drop(ws);
     let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(30)).await;
     let summary = summary.expect("a summary");
-    assert_eq!(summary.outcome, Outcome::CalleeHangup);
+    assert_eq!(summary.outcome, Outcome::LineFailed);
     let call = server.store.get_call(&call_id).unwrap().expect("call row");
-    assert_eq!(call.outcome.as_deref(), Some("callee_hangup"));
+    assert_eq!(call.outcome.as_deref(), Some("line_failed"));
     assert!(call.ended_at.is_some());
     assert_eq!(call.call_sid.as_deref(), Some("CA-garbage"));
     assert_eq!(call.stream_sid.as_deref(), Some(stream_sid));
     assert_eq!(call.to_number.as_deref(), Some(to));
-    assert!(
-        call.do_not_call,
-        "callee_hangup puts the number on the list"
-    );
-    assert!(server.store.is_dnc(to).unwrap());
+    assert!(!call.do_not_call, "a dropped line is not a refusal");
+    assert!(!server.store.is_dnc(to).unwrap());
 
     // The server is still up and takes the next call.
     let health = server
@@ -460,4 +460,436 @@ async fn shutdown_cuts_live_calls_after_the_grace_period_and_finishes_their_reco
     assert!(!server.store.is_dnc(to).unwrap());
     let events = server.store.call_events(&call_id).unwrap();
     assert!(events.iter().any(|e| e.kind == "interrupted"), "{events:?}");
+}
+
+/// Everything the store holds, as text: calls, their turns and events, the do-not-call list.
+fn snapshot(store: &Store) -> String {
+    let calls = store.recent_calls(1_000).expect("calls");
+    let mut out = format!("{calls:#?}\n{:#?}\n", store.list_dnc().expect("dnc list"));
+    for call in &calls {
+        let turns = store.call_turns(&call.call_id).expect("turns");
+        let events = store.call_events(&call.call_id).expect("events");
+        out.push_str(&format!("{turns:#?}\n{events:#?}\n"));
+    }
+    out
+}
+
+/// Waits until the store has the end of the call.
+async fn finished_record(server: &TestServer, call_id: &str) -> renewal_bot::store::CallRow {
+    for _ in 0..300 {
+        if let Some(row) = server.store.get_call(call_id).expect("get_call")
+            && row.outcome.is_some()
+            && row.ended_at.is_some()
+        {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("call {call_id} has no outcome after 30 s");
+}
+
+fn with(params: &BTreeMap<String, String>, name: &str, value: &str) -> BTreeMap<String, String> {
+    let mut edited = params.clone();
+    edited.insert(name.to_string(), value.to_string());
+    edited
+}
+
+/// Anyone who can open a signed upgrade (its signature is the same for every call) can send
+/// any `start`. Only a stream that carries the one-time token `/twiml` issued, unused,
+/// unexpired, for this CallSid and exactly these parameters is a call: every other start
+/// is closed at once, hears nothing, and changes nothing in the store — no record, no
+/// event, no do-not-call entry, no overwritten call.
+#[tokio::test]
+async fn forged_stream_starts_are_refused_and_leave_the_store_unchanged() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    let mut events = server.state.subscribe();
+    // Another callee's finished call, and a number already on the list.
+    let victim = "+8613800000050";
+    server
+        .store
+        .start_call(&NewCall {
+            call_id: "c-victim".into(),
+            transport: "twilio".into(),
+            to_number: Some(victim.into()),
+            from_number: Some(FROM.into()),
+            call_sid: Some("CA-victim".into()),
+            stream_sid: Some("MZvictim".into()),
+            started_at: time::OffsetDateTime::now_utc(),
+        })
+        .expect("victim call");
+    server
+        .store
+        .finish_call("c-victim", Outcome::SelfService, false, 30_000)
+        .expect("finish victim call");
+    let listed = "+8613800000051";
+    server
+        .store
+        .add_dnc(listed, "asked in an earlier call", None)
+        .expect("add dnc");
+
+    let to = "+8613800000052";
+    let twiml = server.twiml("CA-legit", to).await;
+    let genuine = twiml.params.clone();
+    let token = genuine.get("token").cloned().unwrap_or_default();
+    let before = snapshot(&server.store);
+
+    // The genuine token with its last character changed.
+    let mut flipped = token.clone();
+    let last = flipped.pop();
+    flipped.push(if last == Some('A') { 'B' } else { 'A' });
+    let mut no_token = genuine.clone();
+    no_token.remove("token");
+    let forgeries: Vec<(&str, &str, BTreeMap<String, String>)> = vec![
+        ("no token", "CA-legit", no_token),
+        (
+            "garbage token",
+            "CA-legit",
+            with(&genuine, "token", "garbage"),
+        ),
+        (
+            "one character changed",
+            "CA-legit",
+            with(&genuine, "token", &flipped),
+        ),
+        ("token for another CallSid", "CA-other", genuine.clone()),
+        (
+            "call_sid parameter edited",
+            "CA-other",
+            with(&genuine, "call_sid", "CA-other"),
+        ),
+        (
+            "another callee's number",
+            "CA-legit",
+            with(&genuine, "to", victim),
+        ),
+        ("a listed number", "CA-legit", with(&genuine, "to", listed)),
+        (
+            "an existing call's id",
+            "CA-legit",
+            with(&genuine, "call_id", "c-victim"),
+        ),
+        (
+            "from edited",
+            "CA-legit",
+            with(&genuine, "from", "+14155550199"),
+        ),
+        (
+            "a parameter added",
+            "CA-legit",
+            with(&genuine, "extra", "1"),
+        ),
+    ];
+    for (what, call_sid, params) in &forgeries {
+        let ws = start_stream(&server, "MZforged", call_sid, params).await;
+        if let Err(err) = refused(ws).await {
+            panic!("forged start ({what}) was not refused: {err}");
+        }
+    }
+    assert_eq!(
+        snapshot(&server.store),
+        before,
+        "a forged start changed the store"
+    );
+    assert!(!token.is_empty(), "/twiml issues a stream token");
+
+    // The genuine start is a call; the same token again, during the call and after it, is not.
+    let mut call = start_stream(&server, "MZlegit", "CA-legit", &genuine).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), call.next())
+        .await
+        .expect("the genuine stream gets audio")
+        .expect("socket open")
+        .expect("message");
+    assert!(matches!(first, Message::Text(_)), "{first:?}");
+    let replay = start_stream(&server, "MZreplay", "CA-legit", &genuine).await;
+    if let Err(err) = refused(replay).await {
+        panic!("a replayed token was accepted during the call: {err}");
+    }
+    call.send(Message::text(stop_msg("MZlegit", 3, "CA-legit")))
+        .await
+        .unwrap();
+    call.close(None).await.ok();
+    let call_id = genuine["call_id"].clone();
+    TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(30)).await;
+    let after_call = snapshot(&server.store);
+    let replay = start_stream(&server, "MZreplay2", "CA-legit", &genuine).await;
+    if let Err(err) = refused(replay).await {
+        panic!("a replayed token was accepted after the call: {err}");
+    }
+    assert_eq!(
+        snapshot(&server.store),
+        after_call,
+        "a replay changed the store"
+    );
+    let row = server.store.get_call(&call_id).unwrap().expect("row");
+    assert_eq!(row.stream_sid.as_deref(), Some("MZlegit"));
+    let victim_row = server.store.get_call("c-victim").unwrap().expect("victim");
+    assert_eq!(victim_row.stream_sid.as_deref(), Some("MZvictim"));
+    assert_eq!(victim_row.outcome.as_deref(), Some("self_service"));
+    assert!(!server.store.is_dnc(victim).unwrap());
+}
+
+/// A call placed through the Calls API whose webhook Twilio fetches twice gets two valid
+/// tokens for one call id: the first stream is the call, the second is refused (during the
+/// call and after it), so the two never merge into one record.
+#[tokio::test]
+async fn two_streams_for_one_call_id_do_not_merge() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    let mut events = server.state.subscribe();
+    let to = "+8613800000060";
+    server
+        .store
+        .start_call(&NewCall {
+            call_id: "c-placed".into(),
+            transport: "twilio".into(),
+            to_number: Some(to.into()),
+            from_number: Some(FROM.into()),
+            call_sid: Some("CA-placed".into()),
+            stream_sid: None,
+            started_at: time::OffsetDateTime::now_utc(),
+        })
+        .expect("placed call");
+    let first = server.twiml("CA-placed", to).await.params;
+    let second = server.twiml("CA-placed", to).await.params;
+    assert_eq!(first["call_id"], "c-placed");
+    assert_eq!(second["call_id"], "c-placed");
+
+    let mut call = start_stream(&server, "MZfirst", "CA-placed", &first).await;
+    let msg = tokio::time::timeout(Duration::from_secs(5), call.next())
+        .await
+        .expect("the first stream gets audio");
+    assert!(matches!(msg, Some(Ok(Message::Text(_)))), "{msg:?}");
+    let during = start_stream(&server, "MZsecond", "CA-placed", &second).await;
+    if let Err(err) = refused(during).await {
+        panic!("a second stream for a live call was accepted: {err}");
+    }
+    call.send(Message::text(stop_msg("MZfirst", 3, "CA-placed")))
+        .await
+        .unwrap();
+    call.close(None).await.ok();
+    TestServer::wait_ended(&mut events, "c-placed", Duration::from_secs(30)).await;
+    let after_call = snapshot(&server.store);
+    let after = start_stream(&server, "MZthird", "CA-placed", &second).await;
+    if let Err(err) = refused(after).await {
+        panic!("a second stream for a finished call was accepted: {err}");
+    }
+    assert_eq!(snapshot(&server.store), after_call);
+    let row = server.store.get_call("c-placed").unwrap().expect("row");
+    assert_eq!(row.stream_sid.as_deref(), Some("MZfirst"));
+    assert_ne!(
+        first.get("token"),
+        second.get("token"),
+        "each webhook gets its own token"
+    );
+}
+
+/// A callee on the do-not-call list is hung up at the webhook and is never given a stream
+/// token, in any spelling of the number, and so is a webhook with no valid `To`; one put on
+/// the list after the webhook, before the stream started, is refused at `start` and hears
+/// nothing.
+#[tokio::test]
+async fn a_listed_callee_never_gets_a_stream() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    server
+        .store
+        .add_dnc("+8613800000070", "asked in an earlier call", None)
+        .expect("add dnc");
+    for spelling in ["+8613800000070", "008613800000070", "+86 138 0000 0070"] {
+        let resp = server
+            .post_signed(
+                "/twiml",
+                &[("CallSid", "CA-listed"), ("To", spelling), ("From", FROM)],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let xml = resp.text().await.expect("body");
+        assert!(
+            xml.contains("<Hangup/>") && !xml.contains("<Stream") && !xml.contains("token"),
+            "{spelling}: {xml}"
+        );
+    }
+    // Without a callee number there is nobody to check against the list: no stream either.
+    for to in ["", "not-a-number"] {
+        let resp = server
+            .post_signed(
+                "/twiml",
+                &[("CallSid", "CA-noto"), ("To", to), ("From", FROM)],
+            )
+            .await;
+        let xml = resp.text().await.expect("body");
+        assert!(
+            xml.contains("<Hangup/>") && !xml.contains("<Stream"),
+            "To {to:?}: {xml}"
+        );
+    }
+    let to = "+8613800000071";
+    let twiml = server.twiml("CA-late", to).await;
+    server
+        .store
+        .add_dnc(to, "asked by text message", None)
+        .expect("add dnc");
+    let before = snapshot(&server.store);
+    let ws = start_stream(&server, "MZlate", "CA-late", &twiml.params).await;
+    if let Err(err) = refused(ws).await {
+        panic!("a listed callee's stream was started: {err}");
+    }
+    assert_eq!(snapshot(&server.store), before);
+}
+
+/// A line that fails without Twilio's `stop` — a TCP reset, a connection that just ends, a
+/// close frame with no `stop` before it, one frame over the size limit — is not the callee
+/// hanging up: the call ends as `line_failed`, the record is complete, and the number is
+/// not put on the do-not-call list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_lost_without_stop_is_line_failed_not_a_hang_up() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    let modes = [
+        LineFailure::Reset,
+        LineFailure::Vanish,
+        LineFailure::CloseWithoutStop,
+        LineFailure::OversizedFrame,
+    ];
+    let calls = join_all(modes.iter().enumerate().map(|(i, &how)| {
+        let server = &server;
+        async move {
+            let to = format!("+861380000008{i}");
+            let call_sid = format!("CA-failed-{i}");
+            let twiml = server.twiml(&call_sid, &to).await;
+            let ws = server.connect_media(None).await.expect("open /media");
+            let mut plan = CallPlan::new(vec![]);
+            plan.line_failure = Some(FailAt {
+                how,
+                after_turns: 0,
+                delay: Duration::from_millis(800),
+            });
+            plan.limit = Duration::from_secs(30);
+            let log = fake_call(ws, &call_sid, &twiml.params, plan).await;
+            (how, to, twiml.params["call_id"].clone(), log)
+        }
+    }))
+    .await;
+    for (how, to, call_id, log) in calls {
+        assert!(
+            log.line_failed,
+            "{how:?}: the fake line never failed: {log:#?}"
+        );
+        let row = finished_record(&server, &call_id).await;
+        assert_eq!(
+            row.outcome.as_deref(),
+            Some("line_failed"),
+            "{how:?}: {row:?}"
+        );
+        assert!(!row.do_not_call, "{how:?}: {row:?}");
+        assert!(!server.store.is_dnc(&to).unwrap(), "{how:?}: number listed");
+        assert!(row.stream_sid.is_some(), "{how:?}: {row:?}");
+        let events = server.store.call_events(&call_id).unwrap();
+        assert!(
+            events.iter().any(|e| e.kind == "line_failed"),
+            "{how:?}: no line_failed event: {events:?}"
+        );
+        // A campaign may try the number again, like one that did not answer.
+        let again = renewal_bot::campaign::may_call(&server.store, &to, 3);
+        assert_eq!(again, Ok(()), "{how:?}");
+    }
+    assert!(server.store.list_dnc().unwrap().is_empty());
+    let health = server
+        .http
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// Twilio never returns the bot's marks: each clip counts as played a bounded time after
+/// its last frame, so the silence timer runs, the call reaches `no_response`, and the bot
+/// plays its closing line and hangs up by itself.
+#[tokio::test]
+async fn marks_that_never_come_back_do_not_stall_the_call() {
+    let server = TestServer::start(ServerOpts {
+        session: SessionConfig {
+            silence_timeout_ms: 2_000,
+            ..SessionConfig::default()
+        },
+        ..ServerOpts::default()
+    })
+    .await;
+    let mut events = server.state.subscribe();
+    let to = "+8613800000089";
+    let twiml = server.twiml("CA-nomarks", to).await;
+    let call_id = twiml.params["call_id"].clone();
+    let ws = server.connect_media(None).await.expect("open /media");
+    let mut plan = CallPlan::new(vec![]);
+    plan.marks_never_return = true;
+    plan.limit = Duration::from_secs(60);
+    let log = fake_call(ws, "CA-nomarks", &twiml.params, plan).await;
+    println!("{log:#?}");
+    assert!(!log.timed_out, "the bot never hung up");
+    assert!(log.closed_by_bot.is_some(), "the bot closed the stream");
+    assert!(log.marks_returned.is_empty());
+    assert!(log.marks_from_bot.len() >= 2, "opening and closing line");
+    assert_eq!(
+        log.unplayed_at_close,
+        Duration::ZERO,
+        "closing line cut off"
+    );
+    let summary = TestServer::wait_ended(&mut events, &call_id, Duration::from_secs(10))
+        .await
+        .expect("summary");
+    assert_eq!(summary.outcome, Outcome::NoResponse);
+    let row = server.store.get_call(&call_id).unwrap().expect("row");
+    assert_eq!(row.outcome.as_deref(), Some("no_response"));
+    assert!(!row.do_not_call);
+    assert!(!server.store.is_dnc(to).unwrap());
+}
+
+/// No inbound audio at all (a one-way line), with marks returned and with marks lost too:
+/// the silence timer still runs, and the call ends as `no_response` after the closing line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_inbound_media_still_ends_in_no_response() {
+    let server = TestServer::start(ServerOpts {
+        session: SessionConfig {
+            silence_timeout_ms: 2_000,
+            ..SessionConfig::default()
+        },
+        ..ServerOpts::default()
+    })
+    .await;
+    let calls = join_all(
+        [false, true]
+            .into_iter()
+            .enumerate()
+            .map(|(i, marks_lost)| {
+                let server = &server;
+                async move {
+                    let to = format!("+861380000009{}", i + 1);
+                    let call_sid = format!("CA-nomedia-{i}");
+                    let twiml = server.twiml(&call_sid, &to).await;
+                    let ws = server.connect_media(None).await.expect("open /media");
+                    let mut plan = CallPlan::new(vec![]);
+                    plan.no_inbound_media = true;
+                    plan.marks_never_return = marks_lost;
+                    plan.limit = Duration::from_secs(60);
+                    let log = fake_call(ws, &call_sid, &twiml.params, plan).await;
+                    (marks_lost, to, twiml.params["call_id"].clone(), log)
+                }
+            }),
+    )
+    .await;
+    for (marks_lost, to, call_id, log) in calls {
+        assert!(
+            !log.timed_out,
+            "marks lost {marks_lost}: the bot never hung up"
+        );
+        assert!(log.closed_by_bot.is_some(), "marks lost {marks_lost}");
+        let row = finished_record(&server, &call_id).await;
+        assert_eq!(
+            row.outcome.as_deref(),
+            Some("no_response"),
+            "marks lost {marks_lost}"
+        );
+        assert!(
+            !server.store.is_dnc(&to).unwrap(),
+            "marks lost {marks_lost}"
+        );
+    }
 }

@@ -168,6 +168,8 @@ pub(super) struct CallCore {
     /// When the far end went away (or the media was closed): the linger starts.
     gone_at: Option<Instant>,
     interrupted: bool,
+    /// The transport lost the line without the far end hanging up.
+    line_failed: bool,
     dnc_recorded: bool,
     last_tick: Option<Millis>,
 }
@@ -212,6 +214,7 @@ impl CallCore {
             opening_sent: false,
             gone_at: None,
             interrupted: false,
+            line_failed: false,
             dnc_recorded: false,
             last_tick: None,
         }
@@ -243,6 +246,17 @@ impl CallCore {
         if self.gone_at.is_none() {
             self.gone_at = Some(Instant::now());
         }
+    }
+
+    /// The line failed under the call (the stream or socket lost without the far end
+    /// hanging up, a frame that cannot be read): the call ends as `line_failed` unless the
+    /// callee's words already decided it, and adds no do-not-call. The transport has
+    /// called [`Self::media_gone`] (or does next).
+    pub(super) fn line_failed(&mut self, now: Millis, why: &str) {
+        tracing::warn!(now, why, "the line failed: not a hang-up, no do-not-call");
+        self.line_failed = true;
+        self.event("line_failed", why.to_string());
+        self.session.on_line_failed(now);
     }
 
     /// Whether [`Self::media_gone`] was called.
@@ -499,6 +513,8 @@ impl CallCore {
         let summary = self.session.summary();
         let (outcome, mut dnc, duration) = match &summary {
             Some(s) => (s.outcome, s.do_not_call, s.ended_at),
+            // The session did not settle within the linger: nobody heard a refusal.
+            None if self.line_failed => (Outcome::LineFailed, false, now),
             None => (Outcome::CalleeHangup, false, now),
         };
         if self.interrupted {

@@ -424,8 +424,12 @@ pub struct CallPlan {
     pub hang_up_after_last: bool,
     /// Start the first turn this long after the bot's first frame (talk over the opening).
     pub barge_in_after: Option<Duration>,
-    /// Close the socket this long after the first bot frame (drop mid-clip).
-    pub drop_after: Option<Duration>,
+    /// The line fails (without Twilio's `stop`) at this point of the call.
+    pub line_failure: Option<FailAt>,
+    /// Twilio never returns the bot's marks (a lossy or misbehaving media path).
+    pub marks_never_return: bool,
+    /// Send no inbound `media` at all (not even silence).
+    pub no_inbound_media: bool,
     /// Gap between the bot's last mark coming back and the next turn.
     pub reply_gap: Duration,
     /// Give up after this long.
@@ -441,6 +445,102 @@ impl CallPlan {
             ..Default::default()
         }
     }
+}
+
+/// How a line fails, each without Twilio's `stop` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFailure {
+    /// TCP reset (RST): SO_LINGER 0, then the socket is dropped.
+    Reset,
+    /// The TCP connection just ends (FIN), no WebSocket close frame.
+    Vanish,
+    /// A WebSocket close frame, but no `stop` before it.
+    CloseWithoutStop,
+    /// One text frame far over the server's message limit (1 MiB of JSON).
+    OversizedFrame,
+}
+
+/// When the line fails: `delay` after the plan's first `after_turns` turns ended (after
+/// the bot's first frame when `after_turns` is 0).
+#[derive(Debug, Clone, Copy)]
+pub struct FailAt {
+    pub how: LineFailure,
+    pub after_turns: usize,
+    pub delay: Duration,
+}
+
+/// Makes the line fail as `how` says. Returns once the socket is gone (for an oversized
+/// frame: once the server closed it, or after 10 s).
+pub async fn fail_line(ws: WsStream, stream_sid: &str, how: LineFailure) {
+    match how {
+        LineFailure::Reset => {
+            if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+                tcp.set_zero_linger().expect("SO_LINGER 0");
+            }
+            drop(ws);
+        }
+        LineFailure::Vanish => {
+            let mut tcp = ws.into_inner();
+            if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = &mut tcp {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = tcp.shutdown().await;
+            }
+            drop(tcp);
+        }
+        LineFailure::CloseWithoutStop => {
+            let mut ws = ws;
+            let _ = ws.close(None).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+        LineFailure::OversizedFrame => {
+            let mut ws = ws;
+            let padding = "A".repeat(1 << 20);
+            let big = media_msg(stream_sid, 1_000_000, 1_000_000, padding.as_bytes());
+            let _ = ws.send(Message::text(big)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+    }
+}
+
+/// Reads what the server sends on a stream it should refuse: Ok once the server closed the
+/// socket without sending any audio, Err naming what it sent instead (or that it kept the
+/// socket open for 5 s).
+pub async fn refused(mut ws: WsStream) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err("the socket stayed open for 5 s".into()),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return Ok(()),
+            Ok(Some(Ok(Message::Text(text)))) => {
+                return Err(format!("the server answered the stream: {text:.120}"));
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Opens `/media` and sends `connected` and a `start` with these parameters: what anyone
+/// holding a signed upgrade can do.
+pub async fn start_stream(
+    server: &TestServer,
+    stream_sid: &str,
+    call_sid: &str,
+    params: &BTreeMap<String, String>,
+) -> WsStream {
+    let mut ws = server.connect_media(None).await.expect("open /media");
+    ws.send(Message::text(connected_msg()))
+        .await
+        .expect("send connected");
+    ws.send(Message::text(start_msg(stream_sid, call_sid, params)))
+        .await
+        .expect("send start");
+    ws
 }
 
 /// What the fake Twilio saw, times since `start` was sent.
@@ -462,12 +562,15 @@ pub struct CallLog {
     /// Bot audio still unplayed when it closed.
     pub unplayed_at_close: Duration,
     pub hung_up_by_callee: bool,
+    /// The plan's line failure happened.
+    pub line_failed: bool,
     pub timed_out: bool,
 }
 
 /// Plays one call as Twilio would: `connected`, `start`, then 20 ms frames in real time
 /// (turn audio or silence), bot audio "played" in real time, marks returned when played,
-/// `clear` honoured. Returns when the bot closes, the plan hangs up, or the limit passes.
+/// `clear` honoured. Returns when the bot closes, the plan hangs up or makes the line
+/// fail, or the limit passes.
 pub async fn fake_call(
     ws: WsStream,
     call_sid: &str,
@@ -486,7 +589,7 @@ pub async fn fake_call(
     let mut chunk = 0u64;
     let mut playout_end = Instant::now();
     let mut pending_marks: VecDeque<(String, Instant)> = VecDeque::new();
-    let mut last_mark_back: Option<Instant> = None;
+    let mut last_line_played: Option<Instant> = None;
     let mut last_turn_end: Option<Instant> = None;
     let mut first_bot_frame: Option<Instant> = None;
     let mut turn_idx = 0usize;
@@ -534,10 +637,12 @@ pub async fn fake_call(
                         playout_end = now;
                         // Twilio returns the pending marks at once.
                         while let Some((name, _)) = pending_marks.pop_front() {
-                            let _ = tx.send(Message::text(mark_msg(&stream_sid, seq, &name))).await;
-                            seq += 1;
-                            log.marks_returned.push((name, now - t0));
-                            last_mark_back = Some(now);
+                            if !plan.marks_never_return {
+                                let _ = tx.send(Message::text(mark_msg(&stream_sid, seq, &name))).await;
+                                seq += 1;
+                                log.marks_returned.push((name, now - t0));
+                            }
+                            last_line_played = Some(now);
                         }
                     }
                     other => panic!("unexpected message from the bot: {other:?} {text}"),
@@ -551,27 +656,36 @@ pub async fn fake_call(
                 }
                 while pending_marks.front().is_some_and(|(_, due)| *due <= now) {
                     if let Some((name, _)) = pending_marks.pop_front() {
-                        let _ = tx.send(Message::text(mark_msg(&stream_sid, seq, &name))).await;
-                        seq += 1;
-                        log.marks_returned.push((name, now - t0));
-                        last_mark_back = Some(now);
+                        if !plan.marks_never_return {
+                            let _ = tx.send(Message::text(mark_msg(&stream_sid, seq, &name))).await;
+                            seq += 1;
+                            log.marks_returned.push((name, now - t0));
+                        }
+                        // The line has played (the callee heard it), mark or not.
+                        last_line_played = Some(now);
                     }
                 }
-                if let (Some(after), Some(first)) = (plan.drop_after, first_bot_frame)
-                    && now >= first + after
-                {
-                    // The line drops: no stop, the TCP connection just goes.
-                    log.hung_up_by_callee = true;
-                    drop(tx);
-                    drop(rx);
-                    return log;
+                if let Some(fail) = plan.line_failure {
+                    let since = if fail.after_turns == 0 {
+                        first_bot_frame
+                    } else if turn_idx >= fail.after_turns {
+                        last_turn_end
+                    } else {
+                        None
+                    };
+                    if since.is_some_and(|at| now >= at + fail.delay) {
+                        log.line_failed = true;
+                        let ws = tx.reunite(rx).expect("the halves of one socket");
+                        fail_line(ws, &stream_sid, fail.how).await;
+                        return log;
+                    }
                 }
                 if speaking.is_none() && turn_idx < plan.turns.len() {
                     let ready = match (plan.barge_in_after, turn_idx, first_bot_frame) {
                         (Some(after), 0, Some(first)) => now >= first + after,
                         (Some(_), 0, None) => false,
                         _ => {
-                            let bot_spoke_since = match (last_mark_back, last_turn_end) {
+                            let bot_spoke_since = match (last_line_played, last_turn_end) {
                                 (Some(m), Some(t)) => m > t,
                                 (Some(_), None) => true,
                                 _ => false,
@@ -579,7 +693,7 @@ pub async fn fake_call(
                             bot_spoke_since
                                 && pending_marks.is_empty()
                                 && playout_end <= now
-                                && last_mark_back.is_some_and(|m| now >= m + plan.reply_gap)
+                                && last_line_played.is_some_and(|m| now >= m + plan.reply_gap)
                         }
                     };
                     if ready {
@@ -606,8 +720,10 @@ pub async fn fake_call(
                     None => silence.clone(),
                 };
                 chunk += 1;
-                let _ = tx.send(Message::text(media_msg(&stream_sid, seq, chunk, &frame))).await;
-                seq += 1;
+                if !plan.no_inbound_media {
+                    let _ = tx.send(Message::text(media_msg(&stream_sid, seq, chunk, &frame))).await;
+                    seq += 1;
+                }
                 if plan.hang_up_after_last && turn_idx >= plan.turns.len() && speaking.is_none() {
                     // A moment of line noise, then the callee hangs up.
                     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -4,6 +4,7 @@
 //!
 //! - [`protocol`] — the WebSocket messages and the TwiML, no I/O;
 //! - [`signature`] — `X-Twilio-Signature`;
+//! - [`stream_token`] — the one-time token binding a stream to its `/twiml` request;
 //! - [`config`] — `serve` settings, and the Twilio account flags `call` shares;
 //! - [`server`] — the axum app and graceful shutdown;
 //! - [`call`] — the per-call Media Stream (pacing, marks, `clear`, closing the stream), driven
@@ -16,6 +17,7 @@ pub mod protocol;
 pub mod rest;
 pub mod server;
 pub mod signature;
+pub mod stream_token;
 
 pub use config::{ServeArgs, ServeConfig, TwilioCredentials};
 pub use server::{AppState, router, serve};

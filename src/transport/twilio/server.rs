@@ -1,8 +1,11 @@
 //! The HTTP side of `renewal-bot serve`: an axum app with
 //!
-//! - `POST /twiml`: the call's webhook; answers with `<Connect><Stream>` TwiML that points
-//!   Twilio at `wss://PUBLIC/media` and carries the call data as `<Parameter>`s;
-//! - `GET /media`: the Media Streams WebSocket, one task per call ([`super::call`]);
+//! - `POST /twiml`: the call's webhook; a callee on the do-not-call list (or with no valid
+//!   `To`) gets `<Hangup/>`, anyone else `<Connect><Stream>` TwiML that points Twilio at
+//!   `wss://PUBLIC/media` and carries the call data as `<Parameter>`s with a one-time stream
+//!   token over them ([`super::stream_token`]);
+//! - `GET /media`: the Media Streams WebSocket, one task per call ([`super::call`]), which
+//!   becomes a call only if its `start` carries a valid, unused token for its CallSid;
 //! - `POST /status`: status callbacks, stored as call events;
 //! - `GET /healthz`.
 //!
@@ -11,7 +14,7 @@
 //! two webhooks get their checked form parameters from the `SignedForm` extractor.
 
 use crate::labels::Outcome;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, normalize_number};
 use crate::transport::calls::{
     CallDeps, CallEnv, CallEvent, SharedDeps, close_interrupted_calls, shutdown_signal,
 };
@@ -29,11 +32,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
-use super::call::{self, TwilioEnv};
+use super::call::{self, LiveStreams, TwilioEnv};
 use super::config::{ServeArgs, ServeConfig, websocket_base};
 use super::protocol;
 use super::rest::TwilioRest;
 use super::signature;
+use super::stream_token::{StreamTokens, TOKEN_PARAMETER, unix_now};
 
 /// The server's state, shared by every request and call.
 #[derive(Clone)]
@@ -63,6 +67,8 @@ impl AppState {
                 env: TwilioEnv {
                     call: CallEnv::new(deps),
                     rest,
+                    tokens: Arc::new(StreamTokens::new()),
+                    streams: Arc::new(LiveStreams::default()),
                 },
                 connections: AtomicU64::new(0),
             }),
@@ -245,9 +251,12 @@ async fn twiml(State(state): State<AppState>, headers: HeaderMap, form: SignedFo
     let from = form.text("From");
     let answered_by = form.text("AnsweredBy");
 
+    // The callee's number, as the list and the stream token hold it; none: nobody to
+    // check against the list or to record a refusal for, so no stream.
+    let callee = normalize_number(&to).ok();
     let store = state.store().clone();
     let lookup = {
-        let (call_sid, to) = (call_sid.clone(), to.clone());
+        let (call_sid, callee) = (call_sid.clone(), callee.clone());
         blocking(move || {
             let call_id = if call_sid.is_empty() {
                 None
@@ -258,16 +267,17 @@ async fn twiml(State(state): State<AppState>, headers: HeaderMap, form: SignedFo
             // while do-not-call entries cannot be written, take no call at all.
             let refusal = if let Some(problem) = store.health().problem {
                 Some(Refusal::StoreUnhealthy(problem))
-            } else if to.is_empty() {
-                None
             } else {
-                match store.is_dnc(&to) {
-                    Ok(true) => Some(Refusal::DoNotCall),
-                    Ok(false) => None,
-                    Err(StoreError::BadNumber { .. }) => Some(Refusal::InvalidTo),
-                    Err(err) => Some(Refusal::StoreUnhealthy(format!(
-                        "cannot read the do-not-call list: {err}"
-                    ))),
+                match callee.as_deref() {
+                    None => Some(Refusal::InvalidTo),
+                    Some(number) => match store.is_dnc(number) {
+                        Ok(true) => Some(Refusal::DoNotCall),
+                        Ok(false) => None,
+                        Err(StoreError::BadNumber { .. }) => Some(Refusal::InvalidTo),
+                        Err(err) => Some(Refusal::StoreUnhealthy(format!(
+                            "cannot read the do-not-call list: {err}"
+                        ))),
+                    },
                 }
             };
             (call_id, refusal)
@@ -314,6 +324,9 @@ async fn twiml(State(state): State<AppState>, headers: HeaderMap, form: SignedFo
         }
         None => {}
     }
+    let Some(callee) = callee else {
+        return xml(protocol::hangup_twiml());
+    };
     if answered_by.starts_with("machine") || answered_by == "fax" {
         tracing::info!(%answered_by, "answering machine: hanging up");
         note("answered_by", answered_by);
@@ -323,16 +336,20 @@ async fn twiml(State(state): State<AppState>, headers: HeaderMap, form: SignedFo
         return (StatusCode::BAD_REQUEST, "no Host header\n").into_response();
     };
     let stream_url = format!("{}/media", websocket_base(&base));
-    tracing::info!(%call_sid, %to, %stream_url, "connecting the call to the media stream");
-    xml(protocol::connect_stream_twiml(
-        &stream_url,
-        &[
-            ("call_id", call_id.as_str()),
-            ("to", to.as_str()),
-            ("from", from.as_str()),
-            ("call_sid", call_sid.as_str()),
-        ],
-    ))
+    tracing::info!(%call_sid, to = %callee, %stream_url, "connecting the call to the media stream");
+    let mut parameters = vec![
+        ("call_id", call_id.as_str()),
+        ("to", callee.as_str()),
+        ("from", from.as_str()),
+        ("call_sid", call_sid.as_str()),
+    ];
+    let token = state
+        .inner
+        .env
+        .tokens
+        .issue(&call_sid, &parameters, unix_now());
+    parameters.push((TOKEN_PARAMETER, token.as_str()));
+    xml(protocol::connect_stream_twiml(&stream_url, &parameters))
 }
 
 /// Why `/twiml` hangs up before the call starts.
