@@ -289,8 +289,9 @@ async fn a_line_reset_after_a_turn_keeps_the_turn_and_adds_no_do_not_call() {
     );
 }
 
-/// The callee says 别再打我电话 and the line resets the moment the words end, before they
-/// are recognized: the words still count. The call ends as `line_failed` (the line ended
+/// The callee says 别再打我电话 and the line resets 300 ms after the words end (time for the
+/// server to read the last frames: a reset drops unread data), before they are recognized:
+/// the words still count. The call ends as `line_failed` (the line ended
 /// it), but the number is on the list and the record says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn words_said_before_the_line_failed_still_decide() {
@@ -311,7 +312,7 @@ async fn words_said_before_the_line_failed_still_decide() {
     plan.line_failure = Some(FailAt {
         how: LineFailure::Reset,
         after_turns: 2,
-        delay: Duration::ZERO,
+        delay: Duration::from_millis(300),
     });
     plan.limit = Duration::from_secs(60);
     let log = fake_call(ws, call_sid, &twiml.params, plan).await;

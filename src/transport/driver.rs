@@ -225,11 +225,6 @@ impl CallCore {
         self.t0.elapsed().as_millis() as Millis
     }
 
-    /// Queues a store write of this call (applied in order, off the async threads).
-    pub(super) fn write(&self, op: impl FnOnce(&Store) + Send + 'static) {
-        self.store.push(op);
-    }
-
     /// Queues a call event for the store.
     pub(super) fn event(&self, kind: &'static str, detail: String) {
         let call_id = self.call_id.clone();
