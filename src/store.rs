@@ -56,6 +56,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_owners_and_dial_attempts",
         include_str!("../migrations/0002_owners_and_dial_attempts.sql"),
     ),
+    (
+        "0003_turn_confidence",
+        include_str!("../migrations/0003_turn_confidence.sql"),
+    ),
 ];
 
 /// How long a statement waits for another connection's write lock before giving up.
@@ -305,7 +309,7 @@ pub fn default_journal_path(db: &Path) -> PathBuf {
 }
 
 /// One stored turn of a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TurnRow {
     /// 1, 2, 3, ... within the call.
     pub seq: u32,
@@ -321,6 +325,8 @@ pub struct TurnRow {
     pub latency_ms: Option<u64>,
     /// RFC 3339 UTC wall time the turn was stored.
     pub recorded_at: String,
+    /// The recognizer's confidence in the transcript (0–1), if it was heard.
+    pub confidence: Option<f32>,
 }
 
 /// One row of `call_events`.
@@ -713,8 +719,8 @@ impl Store {
         self.ensure_call(&conn, call_id)?;
         conn.execute(
             "INSERT INTO turns (call_id, seq, speech_start_ms, speech_end_ms, transcript,
-                                intent, intents, reply, latency_ms, recorded_at)
-             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+                                intent, intents, reply, latency_ms, recorded_at, confidence)
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
              FROM turns WHERE call_id = ?1",
             params![
                 call_id,
@@ -725,7 +731,8 @@ impl Store {
                 intents_json,
                 reply_json,
                 latency_ms.map(to_sql_u64),
-                now_text()
+                now_text(),
+                turn.confidence.map(f64::from)
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -1205,7 +1212,7 @@ impl Store {
         self.query_rows(
             &conn,
             "SELECT seq, speech_start_ms, speech_end_ms, transcript, intent, intents, reply,
-                        latency_ms, recorded_at
+                        latency_ms, recorded_at, confidence
                  FROM turns WHERE call_id = ?1 ORDER BY seq",
             [call_id],
             TurnRow::from_row,
@@ -1446,7 +1453,7 @@ impl DncEntry {
 
 impl TurnRow {
     /// A row of `SELECT seq, speech_start_ms, speech_end_ms, transcript, intent, intents,
-    /// reply, latency_ms, recorded_at FROM turns`.
+    /// reply, latency_ms, recorded_at, confidence FROM turns`.
     fn from_row(row: &Row<'_>) -> rusqlite::Result<TurnRow> {
         let intents: String = row.get(5)?;
         let reply: String = row.get(6)?;
@@ -1460,6 +1467,7 @@ impl TurnRow {
             reply: parse_string_list(&reply),
             latency_ms: from_sql_u64(row.get(7)?),
             recorded_at: row.get(8)?,
+            confidence: row.get::<_, Option<f64>>(9)?.map(|c| c as f32),
         })
     }
 }

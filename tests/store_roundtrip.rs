@@ -48,13 +48,16 @@ fn record_dnc_call(store: &Store, call_id: &str) {
     store
         .record_turn(
             call_id,
-            &turn(
-                1_200,
-                2_400,
-                "对，我是张强",
-                &[Intent::ConfirmIdentity],
-                &["L02_purpose"],
-            ),
+            &TurnRecord {
+                confidence: Some(0.75),
+                ..turn(
+                    1_200,
+                    2_400,
+                    "对，我是张强",
+                    &[Intent::ConfirmIdentity],
+                    &["L02_purpose"],
+                )
+            },
             Some(640),
         )
         .unwrap();
@@ -131,6 +134,9 @@ fn a_call_round_trips_and_survives_a_restart() {
     assert_eq!(turns[1].intents, vec!["do_not_call", "decline"]);
     assert_eq!(turns[1].reply, vec!["L09_dnc_ack", "L12_goodbye"]);
     assert_eq!(turns[1].latency_ms, None);
+    // The recognizer's confidence is kept with the turn (none for a turn not heard).
+    assert_eq!(turns[0].confidence, Some(0.75));
+    assert_eq!(turns[1].confidence, None);
 
     let events = store.call_events("call-1").unwrap();
     assert_eq!(events.len(), 1);
