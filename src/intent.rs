@@ -302,7 +302,9 @@ const REGIONAL_WORDS: &[(&str, &str)] = &[
 ];
 
 /// Words where 儿 is a word of its own, not the northern 儿 ending (事儿, 这儿, 玩意儿).
-const REAL_ER: &[&str] = &["儿子", "女儿", "婴儿", "儿童", "孤儿", "幼儿", "健儿", "胎儿", "混儿"];
+const REAL_ER: &[&str] = &[
+    "儿子", "女儿", "婴儿", "儿童", "孤儿", "幼儿", "健儿", "胎儿", "混儿",
+];
 
 /// Drops the northern 儿 ending (事儿 → 事, 一会儿 → 一会), so rules need not spell it.
 fn without_erhua(text: &str) -> String {
@@ -324,7 +326,15 @@ fn without_erhua(text: &str) -> String {
 /// Phrases with which a callee takes back what he just said (不续——哦不对，续的): only
 /// what follows the last of them counts.
 const CORRECTIONS: &[&str] = &[
-    "哦不对", "啊不对", "呃不对", "噢不对", "不对不对", "说错了", "我是说", "更正一下", "不不不",
+    "哦不对",
+    "啊不对",
+    "呃不对",
+    "噢不对",
+    "不对不对",
+    "说错了",
+    "我是说",
+    "更正一下",
+    "不不不",
 ];
 
 /// What is left of `normalized` after the callee's last correction, if anything.
@@ -883,7 +893,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("rules.toml:4:") && err.contains("neg"), "{err}");
+        assert!(
+            err.starts_with("rules.toml:4:") && err.contains("neg"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -84,7 +84,9 @@ impl Confusions {
     /// character) holds `phrase` with one to `most_slips(phrase)` syllables swapped for a
     /// confusable one and the rest the same.
     pub fn holds(&self, heard: &[Option<String>], phrase: &[String]) -> bool {
-        if self.pairs.is_empty() || phrase.len() < MIN_PHRASE_SYLLABLES || heard.len() < phrase.len()
+        if self.pairs.is_empty()
+            || phrase.len() < MIN_PHRASE_SYLLABLES
+            || heard.len() < phrase.len()
         {
             return false;
         }

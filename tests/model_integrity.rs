@@ -70,7 +70,11 @@ fn tensor_data(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
         ranges.push(at..at + size);
         at += size;
     }
-    assert_eq!(at, bytes.len(), "the tensor walk ends at the end of the file");
+    assert_eq!(
+        at,
+        bytes.len(),
+        "the tensor walk ends at the end of the file"
+    );
     ranges
 }
 
@@ -93,19 +97,28 @@ fn check_passes_the_real_model_with_its_checksum_and_self_test() {
     let out = check(&real_model());
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
-    assert!(said.contains("checksum sha256") && said.contains("self-test"), "{said}");
+    assert!(
+        said.contains("checksum sha256") && said.contains("self-test"),
+        "{said}"
+    );
 }
 
 #[test]
 fn a_known_model_with_damaged_tensors_fails_its_checksum() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(root().join("models/checksums.txt"), dir.path().join("checksums.txt"))
-        .expect("copy the pins");
+    std::fs::copy(
+        root().join("models/checksums.txt"),
+        dir.path().join("checksums.txt"),
+    )
+    .expect("copy the pins");
     let model = damaged_copy(dir.path(), "ggml-base-q8_0.bin");
     let out = check(&model);
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
-    assert!(said.contains("damaged") && said.contains("checksum"), "{said}");
+    assert!(
+        said.contains("damaged") && said.contains("checksum"),
+        "{said}"
+    );
     assert!(said.contains("models/fetch"), "{said}");
 }
 

@@ -91,8 +91,8 @@ pub fn verify_checksum(model: &Path) -> Result<Checksum, AsrError> {
         reason,
     };
     for (algorithm, expected) in &pins {
-        let got = digest_of(model, algorithm)
-            .map_err(|e| corrupt(format!("cannot read it: {e}")))?;
+        let got =
+            digest_of(model, algorithm).map_err(|e| corrupt(format!("cannot read it: {e}")))?;
         if got.as_deref() == Some(expected.as_str()) {
             return Ok(Checksum::Pinned(format!("{algorithm} {expected}")));
         }
@@ -141,7 +141,9 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("script/lines.toml"),
         )
         .expect("lines.toml");
-        let at = lines.find("id = \"identity_check\"").expect("identity_check line");
+        let at = lines
+            .find("id = \"identity_check\"")
+            .expect("identity_check line");
         assert!(
             lines[at..].contains(&format!("text = \"{SELF_TEST_TEXT}\"")),
             "SELF_TEST_TEXT must be identity_check's text in script/lines.toml"
@@ -163,7 +165,10 @@ mod tests {
         assert!(matches!(verify_checksum(&model), Ok(Checksum::Pinned(_))));
         std::fs::write(&model, "fop").expect("write");
         let err = verify_checksum(&model).unwrap_err().to_string();
-        assert!(err.contains("checksum") && err.contains("models/fetch"), "{err}");
+        assert!(
+            err.contains("checksum") && err.contains("models/fetch"),
+            "{err}"
+        );
         let other = dir.path().join("mine.bin");
         std::fs::write(&other, "anything").expect("write");
         assert_eq!(verify_checksum(&other).expect("ok"), Checksum::Unknown);
