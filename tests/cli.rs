@@ -459,7 +459,15 @@ async fn serve_logs_an_invalid_to_as_invalid_not_as_do_not_call() {
         .twiml_xml("CAcli0000000000000000000000000001", "client:alice")
         .await;
     assert!(xml.contains("<Hangup"), "{xml}");
-    let log = server.proc.log();
+    // The server's stderr reaches the test through a pipe: wait for the line, not longer.
+    let mut log = server.proc.log();
+    for _ in 0..50 {
+        if log.contains("client:alice") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        log = server.proc.log();
+    }
     let line = log
         .lines()
         .find(|l| l.contains("client:alice"))
