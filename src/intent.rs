@@ -79,8 +79,8 @@ struct Pattern {
 
 impl Pattern {
     fn compile(source: &str) -> Result<Pattern, regex::Error> {
-        let phrases = literal_phrases(source)
-            .unwrap_or_default()
+        let literals = literal_phrases(source).unwrap_or_default();
+        let phrases = literals
             .iter()
             .filter_map(|p| phonetic::phrase_syllables(p))
             .filter(|p| p.len() >= phonetic::MIN_PHRASE_SYLLABLES)
@@ -89,7 +89,7 @@ impl Pattern {
             source: source.to_string(),
             exact: Regex::new(source)?,
             sound_alike: Regex::new(&text::sound_alike(source))?,
-            one_slip: one_slip_regex(source)?,
+            one_slip: one_slip_variants(&literals)?,
             phrases,
         })
     }
@@ -137,10 +137,14 @@ fn literal_phrases(source: &str) -> Option<Vec<String>> {
 
 /// The phrases of `source` when it denotes a finite set of plain strings, with each phrase of at least
 /// `FUZZY_MIN_CHARS` characters turned into its variants with one inner character free.
+#[cfg(test)]
 fn one_slip_regex(source: &str) -> Result<Option<Regex>, regex::Error> {
-    let Some(phrases) = literal_phrases(source) else {
-        return Ok(None);
-    };
+    one_slip_variants(&literal_phrases(source).unwrap_or_default())
+}
+
+/// The phrases of a pattern (`literal_phrases`) of at least `FUZZY_MIN_CHARS` characters,
+/// each with any one inner character free, as one regex; `None` when there are none.
+fn one_slip_variants(phrases: &[String]) -> Result<Option<Regex>, regex::Error> {
     let mut variants = Vec::new();
     for phrase in phrases {
         let chars: Vec<char> = phrase.chars().collect();

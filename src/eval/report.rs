@@ -404,23 +404,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn precision_recall_and_confusion_count_each_turn_once() {
-        let case = CaseReport {
+    /// A declined call, rightly so, with do-not-call, made of `turns`.
+    fn declined_case(turns: Vec<TurnReport>, recognition_ms: Vec<u64>) -> CaseReport {
+        CaseReport {
             name: "c".into(),
             expected_outcome: "declined".into(),
             outcome: Some("declined".into()),
             expected_dnc: Some(true),
             dnc: true,
-            turns: vec![
+            turns,
+            bot_lines: vec![],
+            recognition_ms,
+        }
+    }
+
+    #[test]
+    fn precision_recall_and_confusion_count_each_turn_once() {
+        let case = declined_case(
+            vec![
                 turn(Some("decline"), &["decline"], true),
                 turn(Some("decline"), &["self_service"], true),
                 turn(Some("do_not_call"), &["decline", "do_not_call"], true),
                 turn(None, &["decline"], false),
             ],
-            bot_lines: vec![],
-            recognition_ms: vec![300, 500],
-        };
+            vec![300, 500],
+        );
         let report = Report::from_cases(vec![case]);
         let s = &report.summary;
         let decline = s.intents["decline"];
@@ -443,20 +451,14 @@ mod tests {
 
     #[test]
     fn summary_counts_and_json_shape_follow_the_contract() {
-        let case = CaseReport {
-            name: "c".into(),
-            expected_outcome: "declined".into(),
-            outcome: Some("declined".into()),
-            expected_dnc: Some(true),
-            dnc: true,
-            turns: vec![
+        let case = declined_case(
+            vec![
                 turn(Some("decline"), &["decline"], true),
                 turn(Some("do_not_call"), &["decline", "do_not_call"], true),
                 turn(Some("decline"), &["decline"], false),
             ],
-            bot_lines: vec![],
-            recognition_ms: vec![],
-        };
+            vec![],
+        );
         let report = Report::from_cases(vec![case]);
         let s = &report.summary;
         assert_eq!(
