@@ -24,9 +24,16 @@ Optional per-case options (cases without them render exactly as before):
   codec = "gsm"     GSM 06.10 round trip (sox) on the 8 kHz line, before the μ-law leg
   loss = 2.0        packet loss in percent of the speech's 20 ms frames (seeded from the case name),
   loss_fill = "repeat"   lost frames become silence (default) or repeat the frame before
+  lead_s = 0.8, trail_s = 0.5   silence before / after the speech (default 0.3 s each)
+
+Development sets (DEV_SETS, each in its own input file beside fixtures.toml, e.g.
+tools/tts/dev_harsh.toml → tests/fixtures/dev-harsh/) are checked against the policy like
+the others, but not for new sentences: they reuse the text-only dev sets' sentences. They
+may share no sentence with the held-out and blind sets (reported without the text) and no
+voice with any set of fixtures.toml.
 
 Usage: tools/tts/.cache/venv/bin/python tools/tts/render_fixtures.py [--check]
-       [--set main|holdout|blind|blind2|blind3|blind4]...   (default: all sets; every set is validated either way)
+       [--set main|holdout|blind|blind2|blind3|blind4|dev_harsh]...   (default: all sets; every set is validated either way)
 """
 from __future__ import annotations
 
@@ -56,9 +63,15 @@ SETS = {"main": "", "holdout": "holdout", "blind": "blind", "blind2": "blind2",
         "blind3": "blind3", "blind4": "blind4"}
 SET_TITLES = {"main": "main", "holdout": "held-out", "blind": "blind", "blind2": "second blind",
               "blind3": "third blind", "blind4": "fourth blind"}
+# Development sets: set name -> (directory under tests/fixtures/, input file in tools/tts/).
+# Built from the text-only dev sets (tools/tts/make_dev_harsh.py), so for tuning, not blind.
+DEV_SETS = {"dev_harsh": ("dev-harsh", "dev_harsh.toml")}
+SET_TITLES["dev_harsh"] = "harsh-line development"
+# Sets whose sentences a development set must not contain (they are not for tuning).
+NOT_FOR_TUNING = ("holdout", "blind", "blind2", "blind3", "blind4")
 NOISE_KINDS = ("white", "pink", "babble", "street")
 # Optional rendering options of a case (absent = the original chain, byte for byte).
-EXTRA_OPTIONS = ("pitch", "level_db", "codec", "loss", "loss_fill")
+EXTRA_OPTIONS = ("pitch", "level_db", "codec", "loss", "loss_fill", "lead_s", "trail_s")
 
 OUTCOMES = ["self_service", "declined", "do_not_call", "written_only", "closing_account",
             "hostile", "callee_hangup", "no_response", "wrong_person", "max_duration"]
@@ -129,7 +142,10 @@ def simulate(policy: Policy, case: dict, turns: list[dict], clip_ms: dict[str, i
         labels = turn["intents"]
         intent = effective_intent(labels)
         spk = (speech_s[i] if speech_s else 1.5) + 2 * PAD_S
-        s_end = {b: t[b] + FEED_S + spk - PAD_S for b in bounds}
+        if case.get("lead_s") is None:
+            s_end = {b: t[b] + FEED_S + spk - PAD_S for b in bounds}
+        else:  # the speech ends after the case's leading silence
+            s_end = {b: t[b] + FEED_S + float(case["lead_s"]) + spk - 2 * PAD_S for b in bounds}
         say, end = [], None
         if intent == "ask_repeat":
             rep = policy.states[state]["repeat"]
@@ -286,11 +302,17 @@ def render_turn(k: ttslib.Kokoro, text: str, voice: str, speed: float, noise_spe
     if extra.get("level_db") is not None:
         level = float(extra["level_db"])
     a = ttslib.normalize_peak(a, level)
-    pad = np.zeros(int(PAD_S * sr), np.float32)
-    a = np.concatenate([pad, a, pad])
+    if extra.get("lead_s") is None and extra.get("trail_s") is None:
+        pad = np.zeros(int(PAD_S * sr), np.float32)
+        a = np.concatenate([pad, a, pad])
+        lead, trail = pad.size, pad.size
+    else:
+        lead = int(float(extra.get("lead_s", PAD_S)) * sr)
+        trail = int(float(extra.get("trail_s", PAD_S)) * sr)
+        a = np.concatenate([np.zeros(lead, np.float32), a, np.zeros(trail, np.float32)])
     if noise_spec:
         kind, _, snr = noise_spec.partition(":")
-        speech_rms = float(np.sqrt(np.mean(a[pad.size:-pad.size] ** 2)))
+        speech_rms = float(np.sqrt(np.mean(a[lead:a.size - trail] ** 2)))
         nz = noise(rng, kind, a.size) * speech_rms * 10 ** (-float(snr or 25) / 20)
         a = a + nz
     # telephone round trip
@@ -398,6 +420,9 @@ def check_options(c: dict) -> list[str]:
         errs.append(f"{name}: loss must be within 0..5 percent")
     if c.get("loss_fill") is not None and c["loss_fill"] not in ("silence", "repeat"):
         errs.append(f"{name}: loss_fill must be silence or repeat")
+    for o in ("lead_s", "trail_s"):
+        if c.get(o) is not None and not 0.05 <= float(c[o]) <= 3.0:
+            errs.append(f"{name}: {o} must be within 0.05..3 s")
     return errs
 
 
@@ -430,9 +455,9 @@ def write_manifest(path: Path, cases: list[dict], header: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="validate fixtures.toml only")
-    ap.add_argument("--set", choices=list(SETS), action="append")
+    ap.add_argument("--set", choices=list(SETS) + list(DEV_SETS), action="append")
     args = ap.parse_args()
-    sets = args.set or list(SETS)
+    sets = args.set or list(SETS) + list(DEV_SETS)
 
     data = ttslib.load_toml(DATA)
     policy = Policy()
@@ -455,6 +480,22 @@ def main() -> int:
                         errors.append(f"{s} {c['name']}: sentence also in the {e} set: {t['text']}")
                 if voice_key(c["voice"]) in e_voices:
                     errors.append(f"{s} {c['name']}: voice {c['voice']} is used in the {e} set")
+    # development sets: own input files; no sentence of a set not for tuning, no voice of
+    # any fixtures.toml set (the other sets' texts are never printed)
+    used_voices = {voice_key(c["voice"]) for cs in all_sets.values() for c in cs}
+    for s, (_, fname) in DEV_SETS.items():
+        cases = load_cases(ttslib.load_toml(ttslib.HERE / fname), s)
+        errors += validate(policy, cases, clip_ms, s)
+        hidden = {norm_text(t["text"]) for e in NOT_FOR_TUNING for c in all_sets[e]
+                  for t in c["turns_parsed"]}
+        for c in cases:
+            for i, t in enumerate(c["turns_parsed"]):
+                if norm_text(t["text"]) in hidden:
+                    errors.append(f"{s} {c['name']}: turn {i + 1} is a sentence of a held-out "
+                                  "or blind set (not shown); drop the case")
+            if voice_key(c["voice"]) in used_voices:
+                errors.append(f"{s} {c['name']}: voice {c['voice']} is used in fixtures.toml")
+        all_sets[s] = cases
     if any(LI_MING in c["voice"] for cs in all_sets.values() for c in cs):
         errors.append(f"{LI_MING} is 李明's voice; callee fixtures must not use it")
     if errors:
@@ -470,7 +511,7 @@ def main() -> int:
     cache = json.loads(CACHE_FILE.read_text()) if CACHE_FILE.exists() else {}
     k = None
     for s in sets:
-        out_dir = REPO / "tests" / "fixtures" / SETS[s]
+        out_dir = REPO / "tests" / "fixtures" / (SETS[s] if s in SETS else DEV_SETS[s][0])
         wav_dir = out_dir / "wav"
         wav_dir.mkdir(parents=True, exist_ok=True)
         cases = all_sets[s]
@@ -522,13 +563,17 @@ def main() -> int:
                 spans = ", ".join(f"{k} {a:.1f}–{b:.1f} s" for k, (a, b) in tl["reply"].items())
                 print(f"  {c['name']}: last turn ends {tl['speech_end']['nom']:.1f} s, "
                       f"last reply {spans}")
+        src = "fixtures.toml" if s in SETS else DEV_SETS[s][1]
         header = (
             f"# Callee fixtures ({SET_TITLES[s]} set), generated by "
-            "tools/tts/render_fixtures.py from tools/tts/fixtures.toml.\n"
+            f"tools/tts/render_fixtures.py from tools/tts/{src}.\n"
             "# Format: shared/scenario.md (eval contract). Do not edit by hand.\n"
-            "# Audio: Kokoro-82M voices, 0.3 s silence at both ends, some with noise, telephone\n"
-            "# round trip (8 kHz, 300-3400 Hz, G.711 mu-law), 16-bit PCM mono WAV.\n"
         )
+        if s in SETS:
+            header += (
+                "# Audio: Kokoro-82M voices, 0.3 s silence at both ends, some with noise, telephone\n"
+                "# round trip (8 kHz, 300-3400 Hz, G.711 mu-law), 16-bit PCM mono WAV.\n"
+            )
         if s == "holdout":
             header += ("# Held out: phrasings and voices not used in tests/fixtures/calls.toml; "
                        "for checking generalization, not for tuning rules.\n")
@@ -552,6 +597,15 @@ def main() -> int:
                        "used in the other sets. Some cases add a pitch shift, a GSM 06.10 leg, 20 ms "
                        "packet loss, street/babble noise or a set level (see the comment above each "
                        "case). For measuring generalization only: never tune rules on it.\n")
+        elif s == "dev_harsh":
+            header += (
+                "# Harsh-line development set: cases of tests/fixtures/dev-a and dev-b (texts,\n"
+                "# intents, outcome, dnc and end unchanged; name = dh- + the source name), spoken by\n"
+                "# Kokoro voice blends not used in the other sets over bad phone lines: pitch shifts,\n"
+                "# street/babble/pink noise at 10-20 dB SNR, speech peaks -1..-20 dBFS, varied silence\n"
+                "# before and after the speech, 300-3400 Hz, GSM 06.10, G.711 mu-law, 20 ms packet\n"
+                "# loss (see the comment above each case); 16-bit PCM mono WAV at 8 kHz.\n"
+                "# For tuning speech recognition; not blind.\n")
         write_manifest(out_dir / "calls.toml", cases, header)
         n_turns = sum(len(c["turns_parsed"]) for c in cases)
         print(f"{s}: wrote {out_dir / 'calls.toml'} ({len(cases)} cases, {n_turns} turns)")
