@@ -307,6 +307,43 @@ async fn a_socket_closed_before_start_is_harmless() {
     assert_eq!(server.store.recent_calls(10).unwrap().len(), 0);
 }
 
+/// Sockets that connect but never send a valid `start` are not calls: `/healthz` and the
+/// live count say zero while they hang open, and a real call next to them counts one.
+#[tokio::test]
+async fn sockets_waiting_for_start_are_not_counted_as_live_calls() {
+    let server = TestServer::start(ServerOpts::default()).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut ws = server.connect_media(None).await.expect("open");
+        ws.send(Message::text(connected_msg())).await.unwrap();
+        idle.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.state.live_calls(), 0);
+    let health: serde_json::Value = server
+        .http
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["live_calls"], 0, "{health}");
+
+    let twiml = server.twiml("CA-real", "+8613800000012").await;
+    let mut ws = server.connect_media(None).await.expect("call");
+    ws.send(Message::text(start_msg("MZreal", "CA-real", &twiml.params)))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the call's audio");
+    assert!(matches!(first, Some(Ok(Message::Text(_)))));
+    assert_eq!(server.state.live_calls(), 1);
+    drop(idle);
+}
+
 /// With a short silence timeout and no speech: the opening plays, the bot gives up, plays
 /// the closing line, closes the socket only after that line's mark came back, and ends the
 /// call through the Calls API as a fallback (which answers 20404: already ended).

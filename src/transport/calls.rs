@@ -116,10 +116,25 @@ pub enum CallEvent {
 }
 
 /// Counts live calls and tells them when the server stops for good.
+///
+/// Two counts: every connection that may become a call (`enter`: what a shutdown waits
+/// for and SIP's `--max-calls` caps), and the calls actually under way (`call_started`: a
+/// Twilio stream admitted with its token), which is what `/healthz` reports, so sockets
+/// that never send a valid `start` do not look like calls.
 #[derive(Clone)]
 pub(crate) struct LiveCalls {
     count: Arc<tokio::sync::watch::Sender<usize>>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) hard_stop: CancellationToken,
+}
+
+/// Held while a started call runs; see `LiveCalls::call_started`.
+pub(crate) struct StartedGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StartedGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct LiveGuard(Arc<tokio::sync::watch::Sender<usize>>);
@@ -134,6 +149,7 @@ impl LiveCalls {
     pub(crate) fn new() -> LiveCalls {
         LiveCalls {
             count: Arc::new(tokio::sync::watch::channel(0).0),
+            started: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             hard_stop: CancellationToken::new(),
         }
     }
@@ -143,8 +159,21 @@ impl LiveCalls {
         LiveGuard(Arc::clone(&self.count))
     }
 
+    /// Connections that are or may become calls.
     pub(crate) fn live(&self) -> usize {
         *self.count.borrow()
+    }
+
+    /// Marks a connection as a call under way until the guard drops.
+    pub(crate) fn call_started(&self) -> StartedGuard {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        StartedGuard(Arc::clone(&self.started))
+    }
+
+    /// Calls under way (admitted streams).
+    pub(crate) fn started(&self) -> usize {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until no call is live; false on timeout.

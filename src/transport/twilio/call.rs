@@ -181,6 +181,7 @@ async fn drive(socket: WebSocket, env: TwilioEnv) {
         None => None,
     };
     if let Some((start, admitted)) = admitted {
+        let _started = env.call.live.call_started();
         let t0 = Instant::now();
         let (core, io) = start_call(&env, start, &admitted, t0, out_tx, &mut stream);
         core.drive(io, 0).await;

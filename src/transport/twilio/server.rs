@@ -80,9 +80,10 @@ impl AppState {
         self.inner.env.call.events.subscribe()
     }
 
-    /// Calls with a live WebSocket (or still settling their record).
+    /// Calls whose stream was admitted and has not finished its record yet; sockets still
+    /// waiting for (or refused at) `start` are not calls.
     pub fn live_calls(&self) -> usize {
-        self.inner.env.call.live.live()
+        self.inner.env.call.live.started()
     }
 
     /// After the listener stopped: lets live calls finish within `grace`, then cuts the
