@@ -258,10 +258,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let script = load_script(&assets.script_dir)?;
             let recognizer = start_recognizer(&cli.model, &script)?;
             let mut out = std::io::stdout().lock();
+            let mut refused = 0;
             for path in wavs {
-                let audio = renewal_bot::audio::wav::read_mono(&path)?
-                    .to_rate(renewal_bot::audio::ASR_RATE)?;
-                let (transcript, decode_ms) = recognizer.recognize_blocking(audio.samples)?;
+                let audio = match read_utterance(&path) {
+                    Ok(audio) => audio,
+                    Err(err) => {
+                        eprintln!("{err:#}");
+                        refused += 1;
+                        continue;
+                    }
+                };
+                if !renewal_bot::vad::holds_speech(&audio) {
+                    writeln!(out, "{}	(no speech)	\t0 ms", path.display())?;
+                    continue;
+                }
+                let (transcript, decode_ms) = recognizer.recognize_blocking(audio)?;
                 let heard = script.rules.classify(&transcript.text);
                 let intents: Vec<&str> = heard.intents.iter().map(|i| i.as_str()).collect();
                 writeln!(
@@ -272,7 +283,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     intents.join(",")
                 )?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if refused == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Classify { texts, assets } => {
             let script = load_script(&assets.script_dir)?;
@@ -474,4 +489,33 @@ fn run_eval(model: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
         println!("report written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `transcribe` reads one callee utterance per file, as a call would hear it; longer files
+/// are refused before they are decoded whole (a 2-hour WAV took 1.3 GB).
+const TRANSCRIBE_MAX_SECONDS: u64 = 60;
+
+/// A WAV as the recognizer's 16 kHz samples, refused when it is longer than an utterance.
+fn read_utterance(path: &std::path::Path) -> anyhow::Result<Vec<f32>> {
+    // μ-law at 8 kHz is the densest input a call gives (8 kB/s); 48 kHz stereo 32-bit the
+    // least (384 kB/s): reject on size first so a huge file is never read into memory.
+    let limit = TRANSCRIBE_MAX_SECONDS * 384_000 + 4_096;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read the file", path.display()))?
+        .len();
+    anyhow::ensure!(
+        size <= limit,
+        "{}: {size} bytes is longer than one utterance; transcribe takes WAVs of up to \
+         {TRANSCRIBE_MAX_SECONDS} s (cut it, e.g. `sox in.wav out.wav trim 0 30`)",
+        path.display()
+    );
+    let audio = renewal_bot::audio::wav::read_mono(path)?;
+    anyhow::ensure!(
+        audio.duration_ms() <= TRANSCRIBE_MAX_SECONDS * 1_000,
+        "{}: {} s is longer than one utterance; transcribe takes WAVs of up to \
+         {TRANSCRIBE_MAX_SECONDS} s (cut it, e.g. `sox in.wav out.wav trim 0 30`)",
+        path.display(),
+        audio.duration_ms() / 1_000
+    );
+    Ok(audio.to_rate(renewal_bot::audio::ASR_RATE)?.samples)
 }

@@ -262,6 +262,23 @@ impl Endpointer {
     }
 }
 
+/// Whether a whole recording holds any utterance the call endpointer would pass to the
+/// recognizer. Whisper reads digital silence, hum and DC as words (对, 谢谢), so tools that
+/// transcribe a file gate it as calls do.
+pub fn holds_speech(audio_16k: &[f32]) -> bool {
+    let mut endpointer = Endpointer::new(EndpointConfig::default());
+    for chunk in audio_16k.chunks(320) {
+        let ended = endpointer
+            .push(chunk)
+            .into_iter()
+            .any(|event| matches!(event, VadEvent::SpeechEnded(_)));
+        if ended {
+            return true;
+        }
+    }
+    endpointer.flush().is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +337,16 @@ mod tests {
     fn silence_and_low_noise_give_no_utterance() {
         assert!(run(&silence(3_000)).is_empty());
         assert!(run(&noise(3_000, 0.003)).is_empty());
+    }
+
+    #[test]
+    fn only_recordings_with_an_utterance_hold_speech() {
+        assert!(!holds_speech(&silence(2_000)));
+        assert!(!holds_speech(&vec![0.2; 16 * 2_000]), "DC is not speech");
+        let mut audio = silence(300);
+        audio.extend(synthetic_speech(900, 5));
+        audio.extend(silence(300));
+        assert!(holds_speech(&audio));
     }
 
     #[test]

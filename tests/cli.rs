@@ -99,6 +99,51 @@ fn eval_rejects_a_manifest_with_a_missing_file_or_unknown_label() {
     );
 }
 
+/// A 16-bit mono WAV of `seconds` of digital silence at `rate`.
+fn silent_wav(path: &Path, rate: u32, seconds: u32) {
+    let mut writer = hound::WavWriter::create(
+        path,
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .expect("create wav");
+    for _ in 0..rate * seconds {
+        writer.write_sample(0i16).expect("write sample");
+    }
+    writer.finalize().expect("finish wav");
+}
+
+/// `transcribe` gates silence as calls do (whisper reads it as 对), refuses a file far
+/// longer than an utterance before decoding it, and goes on with the other files.
+#[test]
+fn transcribe_hears_no_speech_in_silence_and_refuses_a_recording_too_long() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quiet = dir.path().join("quiet.wav");
+    let long = dir.path().join("long.wav");
+    silent_wav(&quiet, 8_000, 2);
+    silent_wav(&long, 8_000, 90);
+    let out = bot(
+        &[
+            "transcribe",
+            quiet.to_str().expect("utf-8 path"),
+            long.to_str().expect("utf-8 path"),
+        ],
+        &dir.path().join("db"),
+    );
+    let message = text(&out);
+    assert!(!out.status.success(), "a 90 s file accepted: {message}");
+    assert!(message.contains("quiet.wav\t(no speech)"), "{message}");
+    assert!(
+        message.contains("long.wav") && message.contains("longer than one utterance"),
+        "{message}"
+    );
+    assert!(!message.contains("panicked"), "{message}");
+}
+
 #[test]
 fn eval_names_a_truncated_or_empty_wav() {
     let dir = tempfile::tempdir().expect("tempdir");
