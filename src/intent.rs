@@ -303,6 +303,21 @@ const REGIONAL_WORDS: &[(&str, &str)] = &[
     ("delete", "删除"),
     ("email", "邮件"),
     ("sorry", "不好意思"),
+    // Office English mixed into Mandarin (回头在app上自己renew一下).
+    ("renew", "续费"),
+    ("wrongnumber", "打错了"),
+    ("message", "短信"),
+    ("sms", "短信"),
+    ("console", "控制台"),
+    ("okay", "好"),
+    ("ok", "好"),
+    // Shanghainese 伐 before a verb negates (伐续了 = 不续了); at the end it asks (好伐).
+    ("伐续", "不续"),
+    ("伐打", "不打"),
+    ("伐想", "不想"),
+    ("伐需要", "不需要"),
+    ("伐来", "不来"),
+    ("伐是", "不是"),
 ];
 
 /// Words where 儿 is a word of its own, not the northern 儿 ending (事儿, 这儿, 玩意儿).
@@ -332,6 +347,11 @@ fn without_erhua(text: &str) -> String {
 const CORRECTIONS: &[&str] = &[
     "哦不对",
     "啊不对",
+    "哎不对",
+    "诶不对",
+    "欸不对",
+    "哎呀不对",
+    "我搞错了",
     "呃不对",
     "噢不对",
     "不对不对",
