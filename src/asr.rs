@@ -145,13 +145,13 @@ impl AsrConfig {
             .rules
             .short_answers
             .iter()
-            .map(|text| ShortAnswer {
-                text: text.clone(),
-                margin: if script.rules.classify(text).primary().is_decisive() {
-                    0.0
-                } else {
-                    SHORT_ANSWER_MARGIN
-                },
+            .map(|text| {
+                let decisive = script.rules.classify(text).primary().is_decisive();
+                ShortAnswer {
+                    text: text.clone(),
+                    margin: if decisive { 0.0 } else { SHORT_ANSWER_MARGIN },
+                    decisive,
+                }
             })
             .collect();
         let script = Arc::clone(script);
@@ -162,7 +162,8 @@ impl AsrConfig {
     }
 
     /// Tuning knobs from the environment (`RENEWAL_BOT_ASR_PROMPT`,
-    /// `RENEWAL_BOT_ASR_MIN_CTX`), for measuring alternatives without a rebuild.
+    /// `RENEWAL_BOT_ASR_MIN_CTX`, `RENEWAL_BOT_ASR_SHORT_MARGIN` for the harmless answers,
+    /// `RENEWAL_BOT_ASR_SECOND_READING`), for measuring alternatives without a rebuild.
     pub fn with_env_overrides(mut self) -> AsrConfig {
         if let Ok(prompt) = std::env::var("RENEWAL_BOT_ASR_PROMPT") {
             self.prompt = prompt;
@@ -172,6 +173,14 @@ impl AsrConfig {
             .and_then(|v| v.parse().ok())
         {
             self.min_audio_ctx = ctx;
+        }
+        if let Some(margin) = std::env::var("RENEWAL_BOT_ASR_SHORT_MARGIN")
+            .ok()
+            .and_then(|v| v.parse::<f32>().ok())
+        {
+            for answer in self.short_answers.iter_mut().filter(|a| !a.decisive) {
+                answer.margin = margin;
+            }
         }
         if let Some(below) = std::env::var("RENEWAL_BOT_ASR_SECOND_READING")
             .ok()
@@ -246,21 +255,21 @@ impl WhisperEngine {
         let fitted = audio_16k.len() / 320 + 128;
         let (first, tokens) = self.decode(audio_16k, fitted.max(self.config.min_audio_ctx))?;
         let short = (audio_16k.len() as u64) < self.config.short_below_ms * 16;
-        if !short && !first.text.is_empty() {
-            return self.read_again_if_unsure(first, audio_16k, fitted);
-        }
         if first.text.is_empty() || self.short_answers.is_empty() {
             return Ok(first);
         }
         let Some(intent) = self.read(&first.text) else {
             return Ok(first);
         };
-        if intent.is_decisive() {
+        if short && intent.is_decisive() {
             return self.confirm_decisive(first, intent, audio_16k.len());
         }
         if intent != Intent::Unknown {
             return Ok(first);
         }
+        // Any utterance the rules cannot read, short or long, is checked against the
+        // expected answers; answers less than half as long as the transcript are never
+        // taken, so a long one is only read as a long answer.
         let (free_fit, best) = self
             .short_answers
             .best_answer(
@@ -271,13 +280,14 @@ impl WhisperEngine {
             )
             .map_err(|e| AsrError::Inference(e.to_string()))?;
         tracing::debug!(free = %first.text, free_fit, best = ?best, "short answers scored");
-        Ok(match best {
-            Some(best) => Transcript {
+        match best {
+            Some(best) => Ok(Transcript {
                 text: best.text,
                 ..first
-            },
-            None => first,
-        })
+            }),
+            None if short => Ok(first),
+            None => self.read_again_if_unsure(first, audio_16k, fitted),
+        }
     }
 
     /// A longer utterance whisper was unsure of and the rules cannot read is decoded once

@@ -22,6 +22,9 @@ const BLANK: usize = 220;
 pub struct ShortAnswer {
     pub text: String,
     pub margin: f32,
+    /// Whether reading it would decide the call (不续了, 别打了). A harmless answer is never
+    /// taken when a deciding one fits the audio better: a garbled 别打了 must not become 好的.
+    pub decisive: bool,
 }
 
 /// An answer's tokens as whisper writes them.
@@ -214,8 +217,29 @@ impl ShortAnswers {
             shortest: spoken_len(free_text).div_ceil(2),
             bound: free - self.widest_margin,
             best: None,
+            best_decisive: f32::NEG_INFINITY,
         };
         search.walk(&self.trie, &first, 0.0, self.prefix.len())?;
+        tracing::debug!(
+            free,
+            best = ?search.best.map(|(answer, fit)| (&self.answers[answer].text, fit)),
+            best_decisive = search.best_decisive,
+            "answer fits"
+        );
+        let overruled = search.best.is_some_and(|(answer, log_prob)| {
+            overruled(
+                self.answers[answer].decisive,
+                log_prob,
+                search.best_decisive,
+            )
+        });
+        if overruled {
+            tracing::debug!(
+                best_decisive = search.best_decisive,
+                "a deciding answer fits better than the harmless one: neither is taken"
+            );
+            return Ok((free, None));
+        }
         let best = search.best.map(|(answer, log_prob)| Fit {
             text: self.answers[answer].text.clone(),
             log_prob,
@@ -238,6 +262,9 @@ struct Search<'a> {
     /// Paths at or below this cannot win any more.
     bound: f32,
     best: Option<(usize, f32)>,
+    /// The best fit of any deciding answer, taken or not (only those above `bound` are
+    /// scored: enough to know whether one beats `best`).
+    best_decisive: f32,
 }
 
 impl Search<'_> {
@@ -255,6 +282,9 @@ impl Search<'_> {
             let Tokenized { answer, spoken } = self.answers.tokenized[entry];
             if spoken < self.shortest {
                 continue;
+            }
+            if self.answers.answers[answer].decisive {
+                self.best_decisive = self.best_decisive.max(ended);
             }
             let allowed = self.free - self.answers.answers[answer].margin;
             if ended > allowed && self.best.is_none_or(|(_, best)| ended > best) {
@@ -285,6 +315,12 @@ impl Search<'_> {
     }
 }
 
+/// Whether the best answer within its margin must be refused: a harmless one is refused when
+/// a deciding answer fits the audio at least as well, even though that one is not taken.
+fn overruled(best_is_decisive: bool, best_fit: f32, best_decisive_fit: f32) -> bool {
+    !best_is_decisive && best_decisive_fit >= best_fit
+}
+
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
@@ -302,6 +338,16 @@ mod tests {
         let total: f32 = out.iter().map(|l| l.exp()).sum();
         assert!((total - 1.0).abs() < 1e-5);
         assert!(out[2] > out[1] && out[1] > out[0]);
+    }
+
+    #[test]
+    fn a_harmless_answer_is_refused_when_a_deciding_one_fits_better() {
+        // 好的 at -4.0 while 别打了 fits at -3.5 (not taken: worse than the free text).
+        assert!(overruled(false, -4.0, -3.5));
+        assert!(!overruled(false, -4.0, -6.0));
+        assert!(!overruled(false, -4.0, f32::NEG_INFINITY));
+        // A deciding answer that was taken is never refused by itself.
+        assert!(!overruled(true, -1.0, -1.0));
     }
 
     #[test]
